@@ -1,0 +1,161 @@
+#include <vector>
+
+#include "caffe/layers/lifted_struct_similarity_softmax_loss_layer.hpp"
+#include "caffe/util/math_functions.hpp"
+
+namespace caffe {
+
+template <typename Dtype>
+__global__ void LiftedDistanceKernel(const int m, const Dtype* dot,
+    Dtype* dist) {
+  CUDA_KERNEL_LOOP(index, m * m) {
+    dist[index] = LiftedDistance(index / m, index % m, m, dot);
+  }
+}
+
+// One thread per row; the rows' O(m) loops read D column-wise (coalesced).
+template <typename Dtype>
+__global__ void LiftedRowStatsKernel(const int m, const Dtype* label,
+    const Dtype* dist, const Dtype alpha, Dtype* row_max, Dtype* row_sum) {
+  CUDA_KERNEL_LOOP(i, m) {
+    LiftedRowStats(i, m, label, dist, alpha, row_max, row_sum);
+  }
+}
+
+template <typename Dtype>
+__global__ void LiftedRowPairsKernel(const int m, const Dtype* label,
+    const Dtype* dist, const Dtype* row_max, const Dtype* row_sum,
+    Dtype* row_loss, Dtype* row_pairs, Dtype* row_weight) {
+  CUDA_KERNEL_LOOP(i, m) {
+    LiftedRowPairs(i, m, label, dist, row_max, row_sum, row_loss, row_pairs,
+        row_weight);
+  }
+}
+
+// One block sums the rows' pair counts and losses and writes |P| and the
+// loss where they are needed, so nothing is copied back to the host.
+template <typename Dtype>
+__global__ void LiftedLossKernel(const int m, const Dtype* row_loss,
+    const Dtype* row_pairs, Dtype* num_pairs, Dtype* loss) {
+  __shared__ Dtype loss_sum[CAFFE_CUDA_NUM_THREADS];
+  __shared__ Dtype pair_sum[CAFFE_CUDA_NUM_THREADS];
+  Dtype l = Dtype(0), p = Dtype(0);
+  for (int i = threadIdx.x; i < m; i += blockDim.x) {
+    l += row_loss[i];
+    p += row_pairs[i];
+  }
+  loss_sum[threadIdx.x] = l;
+  pair_sum[threadIdx.x] = p;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) {
+      loss_sum[threadIdx.x] += loss_sum[threadIdx.x + stride];
+      pair_sum[threadIdx.x] += pair_sum[threadIdx.x + stride];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    num_pairs[0] = pair_sum[0];
+    loss[0] = pair_sum[0] > Dtype(0) ?
+        loss_sum[0] / (Dtype(2) * pair_sum[0]) : Dtype(0);
+  }
+}
+
+template <typename Dtype>
+void LiftedStructSimilaritySoftmaxLossLayer<Dtype>::Forward_gpu(
+    const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  const int m = bottom[0]->num();
+  const int dim = bottom[0]->count() / m;
+  const Dtype alpha = this->layer_param_.lifted_struct_sim_softmax_loss_param()
+      .margin();
+  const Dtype* x = bottom[0]->gpu_data();
+  const Dtype* label = bottom[1]->gpu_data();
+  Dtype* dot = dot_.mutable_gpu_data();
+  Dtype* dist = dist_.mutable_gpu_data();
+  caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasTrans, m, m, dim, Dtype(1), x, x,
+      Dtype(0), dot);
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  LiftedDistanceKernel<Dtype><<<CAFFE_GET_BLOCKS(m * m),
+      CAFFE_CUDA_NUM_THREADS>>>(m, dot, dist);
+  CUDA_POST_KERNEL_CHECK;
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  LiftedRowStatsKernel<Dtype><<<CAFFE_GET_BLOCKS(m),
+      CAFFE_CUDA_NUM_THREADS>>>(m, label, dist, alpha,
+      row_max_.mutable_gpu_data(), row_sum_.mutable_gpu_data());
+  CUDA_POST_KERNEL_CHECK;
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  LiftedRowPairsKernel<Dtype><<<CAFFE_GET_BLOCKS(m),
+      CAFFE_CUDA_NUM_THREADS>>>(m, label, dist, row_max_.gpu_data(),
+      row_sum_.gpu_data(), row_loss_.mutable_gpu_data(),
+      row_pairs_.mutable_gpu_data(), row_weight_.mutable_gpu_data());
+  CUDA_POST_KERNEL_CHECK;
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  LiftedLossKernel<Dtype><<<1, CAFFE_CUDA_NUM_THREADS>>>(m,
+      row_loss_.gpu_data(), row_pairs_.gpu_data(),
+      num_pairs_.mutable_gpu_data(), top[0]->mutable_gpu_data());
+  CUDA_POST_KERNEL_CHECK;
+}
+
+// W_ij = (top_diff / |P|) dE/dD_ij / D_ij; all zero when |P| = 0.
+template <typename Dtype>
+__global__ void LiftedDistanceGradientKernel(const int m, const Dtype alpha,
+    const Dtype* label, const Dtype* dist, const Dtype* row_max,
+    const Dtype* row_sum, const Dtype* row_weight, const Dtype* num_pairs,
+    const Dtype* top_diff, Dtype* grad_dist) {
+  const Dtype scale = num_pairs[0] > Dtype(0) ?
+      top_diff[0] / num_pairs[0] : Dtype(0);
+  CUDA_KERNEL_LOOP(index, m * m) {
+    const int i = index / m, j = index % m;
+    grad_dist[index] = scale * LiftedDistanceGradient(
+        LiftedSameLabel(label, i, j), alpha, dist[index],
+        row_max[i], row_sum[i], row_weight[i],
+        row_max[j], row_sum[j], row_weight[j]);
+  }
+}
+
+template <typename Dtype>
+__global__ void LiftedScaleRowsKernel(const int m, const int dim,
+    const Dtype* row_scale, const Dtype* x, Dtype* y) {
+  CUDA_KERNEL_LOOP(index, m * dim) {
+    y[index] = row_scale[index / dim] * x[index];
+  }
+}
+
+template <typename Dtype>
+void LiftedStructSimilaritySoftmaxLossLayer<Dtype>::Backward_gpu(
+    const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
+    const vector<Blob<Dtype>*>& bottom) {
+  if (propagate_down[1]) {
+    LOG(FATAL) << this->type()
+               << " Layer cannot backpropagate to label inputs.";
+  }
+  if (!propagate_down[0]) { return; }
+  const int m = bottom[0]->num();
+  const int dim = bottom[0]->count() / m;
+  const Dtype alpha = this->layer_param_.lifted_struct_sim_softmax_loss_param()
+      .margin();
+  const Dtype* x = bottom[0]->gpu_data();
+  Dtype* bottom_diff = bottom[0]->mutable_gpu_diff();
+  Dtype* grad_dist = grad_dist_.mutable_gpu_data();
+  Dtype* grad_row = grad_row_.mutable_gpu_data();
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  LiftedDistanceGradientKernel<Dtype><<<CAFFE_GET_BLOCKS(m * m),
+      CAFFE_CUDA_NUM_THREADS>>>(m, alpha, bottom[1]->gpu_data(),
+      dist_.gpu_data(), row_max_.gpu_data(), row_sum_.gpu_data(),
+      row_weight_.gpu_data(), num_pairs_.gpu_data(), top[0]->gpu_diff(),
+      grad_dist);
+  CUDA_POST_KERNEL_CHECK;
+  // dE/dx_i = (sum_j W_ij) x_i - (W X)_i.
+  caffe_gpu_gemv<Dtype>(CblasNoTrans, m, m, Dtype(1), grad_dist,
+      ones_.gpu_data(), Dtype(0), grad_row);
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  LiftedScaleRowsKernel<Dtype><<<CAFFE_GET_BLOCKS(m * dim),
+      CAFFE_CUDA_NUM_THREADS>>>(m, dim, grad_row, x, bottom_diff);
+  CUDA_POST_KERNEL_CHECK;
+  caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasNoTrans, m, dim, m, Dtype(-1),
+      grad_dist, x, Dtype(1), bottom_diff);
+}
+
+INSTANTIATE_LAYER_GPU_FUNCS(LiftedStructSimilaritySoftmaxLossLayer);
+
+}  // namespace caffe

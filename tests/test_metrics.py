@@ -1,0 +1,148 @@
+"""Recall@K, NMI, F1, MAP@R against hand-computed cases and brute force."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from liftedstruct import metrics
+from liftedstruct.metrics import ScoringError
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
+
+def test_recall_hand_computed():
+    # 1-D points: 0, 1 (class 0); 3 (class 1); 10, 12 (class 2)
+    x = np.array([[0.0], [1.0], [3.0], [10.0], [12.0]])
+    y = np.array([0, 0, 1, 2, 2])
+    nn = metrics.nearest_neighbors(x, 4)
+    np.testing.assert_array_equal(nn[:, 0], [1, 0, 1, 4, 3])
+    recall = metrics.recall_at_k(nn, y, [1, 2, 4])
+    # item 2 (class 1) has no other member of its class: never a hit.
+    assert recall == {1: 0.8, 2: 0.8, 4: 0.8}
+
+
+def brute_force_neighbors(x, k):
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return np.array([sorted(range(len(x)), key=lambda j: (d[i, j], j))[:k]
+                     for i in range(len(x))])
+
+
+def test_blocked_knn_equals_unblocked_with_ties():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(57, 2)).astype(np.float32)  # many exact ties
+    for k in (1, 5, 56):
+        expected = brute_force_neighbors(x, k)
+        for block in (1, 7, 1000):
+            np.testing.assert_array_equal(
+                metrics.nearest_neighbors(x, k, block_rows=block), expected)
+
+
+def test_pairwise_f1_equals_pair_enumeration():
+    rng = np.random.default_rng(1)
+    clusters = rng.integers(0, 6, size=80)
+    labels = rng.integers(0, 5, size=80)
+    tp = fp = fn = 0
+    for i, j in itertools.combinations(range(80), 2):
+        same_cluster, same_class = clusters[i] == clusters[j], labels[i] == labels[j]
+        tp += same_cluster and same_class
+        fp += same_cluster and not same_class
+        fn += same_class and not same_cluster
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    result = metrics.pairwise_f1(clusters, labels)
+    assert result["precision"] == pytest.approx(precision)
+    assert result["recall"] == pytest.approx(recall)
+    assert result["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+
+
+def test_nmi_hand_computed():
+    clusters = np.array([0, 0, 1, 1])
+    labels = np.array([0, 0, 0, 1])
+    # I = H(labels) - H(labels | clusters); entropies in nats.
+    h_labels = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    h_clusters = np.log(2)
+    h_cond = 0.5 * np.log(2)  # cluster 1 holds one of each class
+    expected = (h_labels - h_cond) / ((h_labels + h_clusters) / 2)
+    assert metrics.nmi(clusters, labels) == pytest.approx(expected)
+    assert metrics.nmi(labels, labels) == pytest.approx(1.0)
+
+
+def test_map_at_r_hand_computed():
+    # Query 0 (class 0, R = 2): neighbours 1 (hit), 3 (miss): AP = (1/1)/2.
+    x = np.array([[0.0], [1.0], [2.5], [1.2], [9.0]])
+    y = np.array([0, 0, 0, 1, 1])
+    map_r, r_prec = metrics.map_at_r(x, y)
+    nn = brute_force_neighbors(x, 4)
+    per_query = []
+    per_r = []
+    for i in range(5):
+        r = (y == y[i]).sum() - 1
+        hits = y[nn[i, :r]] == y[i]
+        precisions = np.cumsum(hits) / np.arange(1, r + 1)
+        per_query.append((precisions * hits).sum() / r)
+        per_r.append(hits.mean())
+    assert per_query[0] == pytest.approx(0.5)
+    assert map_r == pytest.approx(np.mean(per_query))
+    assert r_prec == pytest.approx(np.mean(per_r))
+
+
+def test_affinity_propagation_reaches_the_class_count():
+    centres = [[0, 0], [10, 0], [0, 10], [10, 10], [20, 0], [20, 10]]
+    x, y = make_blobs(n_samples=150, centers=centres, cluster_std=1.0, random_state=3)
+    clusters = metrics.affinity_propagation_clusters(x, 6)
+    assert len(np.unique(clusters)) == 6
+    assert metrics.nmi(clusters, y) > 0.95
+
+
+def test_affinity_propagation_refuses_when_too_large():
+    with pytest.raises(ScoringError, match="kmeans"):
+        metrics.affinity_propagation_clusters(np.zeros((100, 2)), 3, memory_limit=1000)
+
+
+def test_score_on_separable_blobs_is_perfect():
+    x, y = make_blobs(n_samples=200, centers=5, cluster_std=0.2, random_state=0)
+    result = metrics.score(x, y, [1, 2, 4]).to_json()
+    for key in ("recall@1", "recall@4", "nmi", "f1", "map@r", "r_precision"):
+        assert result[key] == pytest.approx(1.0), key
+    assert result["n"] == 200 and result["classes"] == 5
+
+
+@pytest.mark.parametrize("features,labels,ks,message", [
+    (np.array([[0.0, np.nan], [1, 1], [2, 2]]), np.array([0, 1, 1]), [1], "NaN or inf"),
+    (np.array([[0.0, np.inf], [1, 1], [2, 2]]), np.array([0, 1, 1]), [1], "NaN or inf"),
+    (np.zeros((4, 2)), np.array([0, 1, 1]), [1], "3 labels for 4 features"),
+    (np.zeros((4, 2)), np.zeros(4), [1], "single class"),
+    (np.zeros((0, 2)), np.zeros(0), [1], "empty"),
+    (np.random.default_rng(0).normal(size=(5, 2)), np.array([0, 0, 1, 1, 1]), [5],
+     "larger than N - 1"),
+])
+def test_bad_inputs_name_the_problem(features, labels, ks, message):
+    with pytest.raises(ScoringError, match=message):
+        metrics.score(features, labels, ks)
+
+
+def test_evaluate_cli_json_and_errors(tmp_path):
+    x, y = make_blobs(n_samples=60, centers=3, random_state=0)
+    np.savez(tmp_path / "f.npz", features=x.astype(np.float32), labels=y,
+             ids=np.arange(60))
+    out = tmp_path / "scores.json"
+    result = subprocess.run([sys.executable, str(TOOLS / "evaluate.py"),
+                             str(tmp_path / "f.npz"), "--k", "1", "2", "4",
+                             "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(out.read_text())
+    assert set(scores) >= {"recall@1", "recall@2", "recall@4", "nmi", "f1", "map@r",
+                           "r_precision", "clustering", "n", "classes"}
+    assert all(0 <= scores[k] <= 1 for k in ("recall@1", "nmi", "f1", "map@r"))
+    np.savez(tmp_path / "bad.npz", features=x, labels=y[:-1])
+    bad = subprocess.run([sys.executable, str(TOOLS / "evaluate.py"),
+                          str(tmp_path / "bad.npz")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "59 labels for 60 features" in bad.stderr

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Run Caffe's test binary on our layers' gtests and Caffe's tests of the
+layers this project uses; exit non-zero on any failure or if none ran."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from liftedstruct.caffe_build import GTEST_FILTER, TEST_WORKDIR  # noqa: E402
+from liftedstruct.paths import caffe_binary, caffe_root  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--filter", default=GTEST_FILTER,
+                        help="gtest filter (default: this project's set)")
+    args = parser.parse_args()
+    testbin = caffe_binary("test.testbin")
+    cmd = [str(testbin), f"--gtest_filter={args.filter}"]
+    print(" ".join(cmd), flush=True)
+    result = subprocess.run(cmd, capture_output=True, text=True,
+                            cwd=caffe_root() / TEST_WORKDIR)
+    output = result.stdout + result.stderr
+    failed = [line for line in output.splitlines() if line.startswith("[  FAILED  ]")]
+    summary = [line for line in output.splitlines()
+               if line.startswith(("[==========]", "[  PASSED  ]", "[  FAILED  ]"))]
+    print("\n".join(summary or output.splitlines()[-40:]))
+    ran = re.search(r"\[==========\] (\d+) tests? from", output)
+    lifted = output.count("[       OK ] LiftedStructSimilaritySoftmaxLoss")
+    if result.returncode != 0 or failed:
+        print(output[-20000:])
+        return 1
+    if not ran or int(ran.group(1)) == 0 or lifted == 0:
+        print("run_gtests: no tests (or none of the lifted layer's) ran")
+        return 1
+    print(f"gtest: {ran.group(1)} passed, 0 failed ({lifted} of the lifted layer)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
