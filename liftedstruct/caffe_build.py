@@ -225,7 +225,7 @@ def pristine_source(caffe_src: Path | None) -> tuple[Path, str]:
         dest = BUILD_DIR / f"src-{BVLC_COMMIT_PREFIX}"
         stamp = dest / ".extracted-from"
         if not (stamp.exists() and stamp.read_text() == ORIG_SHA256):
-            root = extract_tarball(tarball, dest)
+            extract_tarball(tarball, dest)
             stamp.write_text(ORIG_SHA256)
         return caffe_tree_root(dest), f"debian-orig:{ORIG_SHA256}"
     caffe_src = caffe_src.resolve()

@@ -15,7 +15,7 @@ from liftedstruct.paths import caffe_binary
 def write_points_lmdb(caffe, path, points, labels):
     env = lmdb.open(str(path), map_size=1 << 28)
     with env.begin(write=True) as txn:
-        for index, (point, label) in enumerate(zip(points, labels)):
+        for index, (point, label) in enumerate(zip(points, labels, strict=True)):
             datum = caffe.io.array_to_datum(point.reshape(-1, 1, 1), int(label))
             txn.put(f"{index:08d}".encode(), datum.SerializeToString())
     env.close()
