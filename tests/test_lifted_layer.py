@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from lifted_reference import lifted_loss_and_gradient
 
 

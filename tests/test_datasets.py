@@ -1,0 +1,202 @@
+"""prepare_dataset on fixtures in each dataset's on-disk format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+
+from fixtures import make_cars196, make_cub, make_sop
+from liftedstruct import layouts
+from liftedstruct.datasets import DatasetError, PrepareOptions, prepare, read_lmdb_labels
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+SMALL = {"lifted": 8, "contrastive": 8, "triplet": 6}
+
+
+def options(**overrides) -> PrepareOptions:
+    settings = dict(count_check=False, batch_size=dict(SMALL), workers=2)
+    settings.update(overrides)
+    return PrepareOptions(**settings)
+
+
+def read_datums(caffe, path: Path) -> list:
+    from caffe.proto import caffe_pb2
+
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    datums = []
+    with env.begin() as txn:
+        for _, value in txn.cursor():
+            datum = caffe_pb2.Datum()
+            datum.ParseFromString(value)
+            datums.append(datum)
+    env.close()
+    return datums
+
+
+def decode(datum) -> np.ndarray:
+    if datum.encoded:
+        return cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return np.frombuffer(datum.data, np.uint8).reshape(
+        datum.channels, datum.height, datum.width).transpose(1, 2, 0)
+
+
+def test_cub_splits_labels_and_images(caffe, tmp_path):
+    raw = make_cub(tmp_path / "raw")
+    out = tmp_path / "out"
+    manifest = prepare("cub", raw, out, options())
+    # Classes 1-3 train, 101-103 test, 4 images each; labels 0-based per split.
+    test = read_datums(caffe, out / "test_lmdb")
+    assert [d.label for d in test] == [0] * 4 + [1] * 4 + [2] * 4
+    for datum in test:
+        image = decode(datum)
+        assert datum.encoded and image.shape == (256, 256, 3)
+    index = (out / "test_index.tsv").read_text().splitlines()
+    assert index[0] == "key\tlabel\tpath" and len(index) == 13
+    assert index[1].split("\t") == ["000000000", "0", "101.Bird_101/Bird_101_0000.jpg"]
+    assert manifest["outputs"]["test_lmdb"]["classes"] == 3
+    assert set(read_lmdb_labels(out / "train_lifted_lmdb")) == {0, 1, 2}
+    assert manifest["source_checksums"].keys() == {"images.txt", "image_class_labels.txt"}
+
+
+def test_unusual_images_become_bgr(caffe, tmp_path):
+    """Grayscale JPEG, CMYK JPEG and alpha PNG (the first four train images)."""
+    raw = make_cub(tmp_path / "raw", classes=(1, 101), per_class=4)
+    out = tmp_path / "out"
+    prepare("cub", raw, out, options(methods=("lifted",), encoding="raw"))
+    datums = read_datums(caffe, out / "train_lifted_lmdb")
+    assert all(not d.encoded and decode(d).shape == (256, 256, 3) for d in datums)
+    gray = [d for d in datums if np.array_equal(decode(d)[..., 0], decode(d)[..., 2])]
+    assert gray, "the grayscale image should decode to equal B, G and R"
+
+
+def test_pair_layout_in_lmdb(caffe, tmp_path):
+    raw = make_cub(tmp_path / "raw", classes=(1, 2, 3, 4, 101, 102), per_class=5)
+    out = tmp_path / "out"
+    prepare("cub", raw, out, options(methods=("lifted", "contrastive")))
+    labels = np.array(read_lmdb_labels(out / "train_lifted_lmdb"))
+    similarity = np.array(read_lmdb_labels(out / "train_contrastive_lmdb"))
+    half = SMALL["lifted"] // 2
+    batches = labels.reshape(-1, 2, half)
+    sims = similarity.reshape(-1, 2, half)
+    assert np.array_equal(sims[:, 0], sims[:, 1])
+    assert np.array_equal(batches[:, 0] == batches[:, 1], sims[:, 0].astype(bool))
+
+
+def test_pair_order_structure():
+    labels = np.repeat(np.arange(6), [3, 4, 5, 3, 6, 4])
+    order, similarity = layouts.pair_order(labels, 8, seed=1)
+    pairs = order.reshape(-1, 2, 4).transpose(0, 2, 1).reshape(-1, 2)
+    positives = {tuple(p) for p in layouts.positive_pairs(labels)}
+    found = {tuple(p) for p in pairs if labels[p[0]] == labels[p[1]]}
+    total = len(positives) + len(layouts.negative_pairs(labels, np.random.default_rng(1)))
+    assert len(pairs) % 4 == 0 and total - len(pairs) < 4  # only the trim is lost
+    assert len(positives - found) < 4
+    negatives = int((similarity == 0).sum() // 2)
+    assert abs(negatives - len(found)) / len(found) < 0.25
+    assert np.array_equal(similarity.reshape(-1, 2, 4)[:, 0] == 1,
+                          (labels[order].reshape(-1, 2, 4)[:, 0]
+                           == labels[order].reshape(-1, 2, 4)[:, 1]))
+    again, _ = layouts.pair_order(labels, 8, seed=1)
+    other, _ = layouts.pair_order(labels, 8, seed=2)
+    assert np.array_equal(order, again) and not np.array_equal(order, other)
+
+
+def test_triplet_order_structure():
+    labels = np.repeat(np.arange(5), 4)
+    order = layouts.triplet_order(labels, 6, seed=0)
+    blocks = labels[order].reshape(-1, 3, 2)
+    assert np.array_equal(blocks[:, 0], blocks[:, 1])
+    assert (blocks[:, 0] != blocks[:, 2]).all()
+    assert len(order) // 3 == 30  # all 5 * C(4, 2) positive pairs
+
+
+def test_data_layer_reads_the_lmdb(caffe, tmp_path):
+    raw = make_cub(tmp_path / "raw", classes=(1, 2, 101, 102), per_class=4)
+    out = tmp_path / "out"
+    prepare("cub", raw, out, options(methods=("lifted",)))
+    expected = read_lmdb_labels(out / "train_lifted_lmdb")[:8]
+    proto = tmp_path / "data.prototxt"
+    proto.write_text(f"""
+layer {{ name: "data" type: "Data" top: "data" top: "label"
+  transform_param {{ crop_size: 227 mirror: true mean_value: 104 mean_value: 117
+                     mean_value: 123 }}
+  data_param {{ source: "{out / 'train_lifted_lmdb'}" batch_size: 8 backend: LMDB }} }}
+""")
+    net = caffe.Net(str(proto), caffe.TRAIN)
+    net.forward()
+    assert net.blobs["data"].data.shape == (8, 3, 227, 227)
+    assert net.blobs["label"].data.tolist() == expected
+
+
+def test_cars196_and_sop_archives(caffe, tmp_path):
+    cars = prepare("cars196", make_cars196(tmp_path / "cars"), tmp_path / "cars_out",
+                   options(methods=("lifted",)))
+    # Classes 1, 2, 97, 98 train; 99, 100, 196 test; the .mat's test flag is ignored.
+    assert cars["outputs"]["test_lmdb"]["classes"] == 3
+    assert cars["outputs"]["train_lifted_lmdb"]["classes"] == 4
+    sop = prepare("sop", make_sop(tmp_path / "sop"), tmp_path / "sop_out",
+                  options(methods=("triplet",)))
+    assert sop["outputs"]["test_lmdb"]["images"] == 15
+    assert sop["outputs"]["train_triplet_lmdb"]["records"] % 6 == 0
+
+
+def test_archive_and_resume(caffe, tmp_path):
+    tgz = make_cub(tmp_path / "raw", archive=True)
+    out = tmp_path / "out"
+    prepare("cub", tgz, out, options(methods=("lifted",)))
+    stamp = (out / "train_lifted_lmdb" / "data.mdb").stat().st_mtime_ns
+    prepare("cub", tgz, out, options(methods=("lifted",)))
+    assert (out / "train_lifted_lmdb" / "data.mdb").stat().st_mtime_ns == stamp
+    prepare("cub", tgz, out, options(methods=("lifted",), seed=5))  # new seed: rewrite
+    assert (out / "train_lifted_lmdb" / "data.mdb").stat().st_mtime_ns != stamp
+    assert not list(out.glob("*.partial"))
+
+
+def test_corrupt_image_named_or_skipped(caffe, tmp_path):
+    raw = make_cub(tmp_path / "raw", corrupt=True)
+    with pytest.raises(DatasetError, match="Bird_1_0002.jpg: not a decodable image"):
+        prepare("cub", raw, tmp_path / "out", options())
+    assert not (tmp_path / "out" / "train_lifted_lmdb").exists()
+    manifest = prepare("cub", raw, tmp_path / "out", options(skip_bad=True))
+    assert manifest["outputs"]["train_lifted_lmdb"]["images"] == 11
+    assert "Bird_1_0002.jpg" in (tmp_path / "out" / "bad_files_train.tsv").read_text()
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    raw = make_cub(tmp_path / "raw")
+    with pytest.raises(DatasetError, match="counts differ.*train images: 12 .expected 5864"):
+        prepare("cub", raw, tmp_path / "out", options(count_check=True))
+    labels = raw / "CUB_200_2011" / "image_class_labels.txt"
+    labels.write_text("".join(labels.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(DatasetError, match="image_class_labels.txt does not match"):
+        prepare("cub", raw, tmp_path / "out", options())
+    (raw / "CUB_200_2011" / "images.txt").unlink()
+    with pytest.raises(DatasetError, match="no images.txt"):
+        prepare("cub", raw, tmp_path / "out", options())
+    with pytest.raises(DatasetError, match="no such file"):
+        prepare("cub", tmp_path / "missing", tmp_path / "out", options())
+    broken = tmp_path / "CUB_200_2011.tgz"
+    broken.write_bytes(b"\x1f\x8b\x08 truncated")
+    with pytest.raises(DatasetError, match="cannot extract"):
+        prepare("cub", broken, tmp_path / "out2", options())
+
+
+def test_cli_digits(caffe, tmp_path):
+    out = tmp_path / "digits"
+    result = subprocess.run(
+        [sys.executable, str(TOOLS / "prepare_dataset.py"), "digits", "--out", str(out),
+         "--max-pairs", "640", "--batch-size", "64", "--triplet-batch-size", "60"],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"]["test_lmdb"]["images"] == 896
+    assert manifest["outputs"]["train_lifted_lmdb"]["records"] == 1280
+    assert manifest["outputs"]["train_triplet_lmdb"]["records"] == 1920
+    assert "records, about" in result.stdout
