@@ -489,14 +489,19 @@ class Preparer:
                 cache[(index, label)] = make_datum(payloads[index], label, self.fmt)
             return cache[(index, label)]
 
+        try:
+            if method == "triplet":
+                order = layouts.triplet_order(labels, batch, self.options.seed,
+                                              self.options.max_pairs)
+            else:
+                order, similarity = layouts.pair_order(labels, batch, self.options.seed,
+                                                       self.options.max_pairs)
+        except ValueError as error:
+            raise DatasetError(f"{name}: {error}") from error
         if method == "triplet":
-            max_triplets = self.options.max_pairs
-            order = layouts.triplet_order(labels, batch, self.options.seed, max_triplets)
             records: Iterator[bytes] = (datum(i, labels[i]) for i in order)
             info = {"triplets": len(order) // 3}
         else:
-            order, similarity = layouts.pair_order(labels, batch, self.options.seed,
-                                                   self.options.max_pairs)
             if method == "lifted":
                 records = (datum(i, labels[i]) for i in order)
             else:  # contrastive: the label is the pair's similarity

@@ -18,3 +18,18 @@ def caffe():
     module = import_caffe()
     module.set_mode_cpu()
     return module
+
+
+@pytest.fixture(scope="session")
+def tiny_cub(caffe, tmp_path_factory):
+    """The CUB fixture prepared at 72x72 with batches of 12 (every method)."""
+    from fixtures import make_cub
+    from liftedstruct.datasets import PrepareOptions, prepare
+
+    root = tmp_path_factory.mktemp("tiny_cub")
+    raw = make_cub(root / "raw", classes=(1, 2, 3, 4, 101, 102, 103), per_class=4)
+    out = root / "lmdb"
+    prepare("cub", raw, out, PrepareOptions(
+        size=72, count_check=False, workers=1, max_pairs=120,
+        batch_size={"lifted": 12, "contrastive": 12, "triplet": 12}))
+    return out

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Get bvlc_googlenet.caffemodel (ImageNet GoogLeNet, BVLC model zoo) into
+data/weights/, resumable and SHA1-checked, or take a copy you already have."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from liftedstruct.weights import DEFAULT_PATH, WeightsError, download, install_from  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--from", dest="source", type=Path,
+                        help="a bvlc_googlenet.caffemodel you already have")
+    parser.add_argument("--out", type=Path, default=DEFAULT_PATH)
+    args = parser.parse_args()
+    try:
+        path = install_from(args.source, args.out) if args.source else download(args.out)
+    except WeightsError as error:
+        print(f"fetch_weights: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{path}: verified")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
