@@ -13,6 +13,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from liftedstruct.features import feature_key  # noqa: E402
 from liftedstruct.metrics import DEFAULT_K, ScoringError, score  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def load_features(path: Path, blob: str | None) -> tuple[np.ndarray, np.ndarray]
         data = np.load(path)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise ScoringError(f"{path}: not a readable .npz ({error})") from error
-    key = f"features_{blob}" if blob else "features"
+    key = feature_key(blob) if blob else "features"
     if key not in data:
         keys = ", ".join(sorted(data.files)) or "none"
         raise ScoringError(f"{path}: no array {key!r} (arrays: {keys}); "
