@@ -297,12 +297,11 @@ def solver(config: SolverConfig) -> str:
     return HEADER + "\n".join(lines) + "\n"
 
 
-def demo_solver(net: str, snapshot_prefix: str, method: str) -> SolverConfig:
-    """The digits demo's schedule: a small net from scratch needs a larger
-    learning rate than fine-tuning GoogLeNet."""
-    base_lr = 0.001 if method == "triplet" else 0.01
-    return SolverConfig(net=net, snapshot_prefix=snapshot_prefix, base_lr=base_lr,
-                        lr_policy="fixed", max_iter=1500, snapshot=500, display=10,
+def demo_solver(net: str, snapshot_prefix: str) -> SolverConfig:
+    """The digits demo's schedule: the small net from scratch, the same
+    learning rate, iterations and seed for every method."""
+    return SolverConfig(net=net, snapshot_prefix=snapshot_prefix, base_lr=0.001,
+                        lr_policy="fixed", max_iter=1000, snapshot=250, display=10,
                         solver_mode="CPU", random_seed=0)
 
 
@@ -330,5 +329,5 @@ def all_files() -> dict[str, str]:
         files[f"{folder}/deploy.prototxt"] = deploy(config)
         files[f"{folder}/solver.prototxt"] = solver(demo_solver(
             f"prototxt/{folder}/train_val.prototxt",
-            f"snapshots/demo/{method}_64/digits_{method}_64", method))
+            f"snapshots/demo/{method}_64/digits_{method}_64"))
     return files

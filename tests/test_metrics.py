@@ -146,3 +146,15 @@ def test_evaluate_cli_json_and_errors(tmp_path):
     bad = subprocess.run([sys.executable, str(TOOLS / "evaluate.py"),
                           str(tmp_path / "bad.npz")], capture_output=True, text=True)
     assert bad.returncode == 2 and "59 labels for 60 features" in bad.stderr
+
+
+def test_faiss_backend_gives_the_same_neighbours():
+    pytest.importorskip("faiss")  # in requirements.txt; optional for users
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    np.testing.assert_array_equal(metrics.nearest_neighbors(x, 10, backend="faiss"),
+                                  metrics.nearest_neighbors(x, 10))
+    y = rng.integers(0, 6, size=300)
+    ours = metrics.score(x, y, [1, 4]).to_json()
+    theirs = metrics.score(x, y, [1, 4], backend="faiss").to_json()
+    assert ours["recall@1"] == theirs["recall@1"] and ours["map@r"] == theirs["map@r"]

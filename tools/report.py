@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Our scores beside the paper's: a Markdown and JSON table, Recall@K curves,
+t-SNE and retrieval-grid figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from liftedstruct.report import write_report  # noqa: E402
+
+
+def pairs(values: list[str], what: str) -> dict[str, Path]:
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"report: {what} {value!r}: expected METHOD=PATH")
+        if not Path(path).is_file():
+            raise SystemExit(f"report: {what} {value!r}: {path}: no such file")
+        out[name] = Path(path)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True, help="cub, cars196, sop or digits")
+    parser.add_argument("--embedding", type=int, required=True)
+    parser.add_argument("--result", action="append", default=[], required=True,
+                        help="METHOD=evaluation.json (from evaluate.py --json); repeat")
+    parser.add_argument("--features", action="append", default=[],
+                        help="METHOD=features.npz for the t-SNE and retrieval figures")
+    parser.add_argument("--images", type=Path, help="the test LMDB, to draw images")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    results = {name: json.loads(path.read_text())
+               for name, path in pairs(args.result, "--result").items()}
+    written = write_report(results, args.dataset, args.embedding, args.out,
+                           pairs(args.features, "--features"), args.images, args.seed)
+    print((args.out / "report.md").read_text())
+    for path in written.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
