@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from liftedstruct.files import atomic_write_text, file_digest
 from liftedstruct.paths import REPO_ROOT, caffe_root
 
 # Debian 11 source package whose orig tarball is the BVLC tree at 99bd997.
@@ -119,11 +120,7 @@ def run(cmd: list[str], cwd: Path | None = None, env: dict | None = None,
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def tree_files(root: Path) -> list[Path]:
@@ -416,9 +413,7 @@ def build(caffe_src: Path | None, options: BuildOptions, force: bool = False) ->
     install_extras(work, prefix)
     record = {"key": key, "source": source_id, "options": asdict(options),
               "debian_package": f"{DEBIAN_PACKAGE} {DEBIAN_VERSION}"}
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(stamp)
+    atomic_write_text(stamp, json.dumps(record, indent=2) + "\n")
     log(f"installed into {prefix}")
     return prefix
 

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from liftedstruct import __version__, layouts
+from liftedstruct.files import atomic_write_text, file_digest
 
 # (train images, test images, train classes, test classes) of the real sets.
 EXPECTED_COUNTS = {
@@ -58,14 +59,6 @@ class Dataset:
     train: list[Item]
     test: list[Item]
     checksums: dict[str, str]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- sources
@@ -125,15 +118,25 @@ def _read_table(path: Path, columns: int, header: bool = False) -> list[list[str
     return rows
 
 
+def _dataset_files(root: Path, work: Path, name: str, first: str, second: str,
+                   what: str) -> tuple[Path, Path]:
+    """The dataset's two list files (first found anywhere below root, second
+    beside it), extracting root first when it is the archive."""
+    if root.is_file():
+        root = _extract(root, work / f"raw-{name}")
+    first_path = _find_file(root, first, what)
+    second_path = first_path.parent / second
+    if not second_path.is_file():
+        raise DatasetError(f"{second_path}: missing ({what})")
+    return first_path, second_path
+
+
 def load_cub(root: Path, work: Path) -> Dataset:
     """CUB_200_2011.tgz or its folder: classes 1-100 train, 101-200 test."""
-    if root.is_file():
-        root = _extract(root, work / "raw-cub")
-    images_txt = _find_file(root, "images.txt", "CUB-200-2011's image list")
+    images_txt, labels_txt = _dataset_files(root, work, "cub", "images.txt",
+                                            "image_class_labels.txt",
+                                            "CUB-200-2011's image list and class labels")
     base = images_txt.parent
-    labels_txt = base / "image_class_labels.txt"
-    if not labels_txt.is_file():
-        raise DatasetError(f"{labels_txt}: missing (CUB-200-2011's class labels)")
     images = {row[0]: row[1] for row in _read_table(images_txt, 2)}
     labels = {row[0]: row[1] for row in _read_table(labels_txt, 2)}
     if images.keys() != labels.keys():
@@ -145,7 +148,7 @@ def load_cub(root: Path, work: Path) -> Dataset:
         label = int(labels[image_id])
         item = Item(images[image_id], label, base / "images" / images[image_id])
         (train if label <= 100 else test).append(item)
-    checksums = {p.name: sha256_file(p) for p in (images_txt, labels_txt)}
+    checksums = {p.name: file_digest(p) for p in (images_txt, labels_txt)}
     return Dataset("cub", train, test, checksums)
 
 
@@ -179,18 +182,14 @@ def load_cars196(root: Path, work: Path) -> Dataset:
         label = int(record["class"])
         item = Item(rel, label, base / rel)
         (train if label <= 98 else test).append(item)
-    return Dataset("cars196", train, test, {mat_path.name: sha256_file(mat_path)})
+    return Dataset("cars196", train, test, {mat_path.name: file_digest(mat_path)})
 
 
 def load_sop(root: Path, work: Path) -> Dataset:
     """Stanford_Online_Products.zip or its folder: Ebay_train / Ebay_test."""
-    if root.is_file():
-        root = _extract(root, work / "raw-sop")
-    train_txt = _find_file(root, "Ebay_train.txt", "Online Products' train list")
+    train_txt, test_txt = _dataset_files(root, work, "sop", "Ebay_train.txt",
+                                         "Ebay_test.txt", "Online Products' split lists")
     base = train_txt.parent
-    test_txt = base / "Ebay_test.txt"
-    if not test_txt.is_file():
-        raise DatasetError(f"{test_txt}: missing (Online Products' test list)")
     splits = []
     for path in (train_txt, test_txt):
         header = path.read_text().splitlines()[:1]
@@ -200,7 +199,7 @@ def load_sop(root: Path, work: Path) -> Dataset:
                                f"super_class_id path', got {header[:1]}")
         splits.append([Item(row[3], int(row[1]), base / row[3])
                        for row in _read_table(path, 4, header=True)])
-    checksums = {p.name: sha256_file(p) for p in (train_txt, test_txt)}
+    checksums = {p.name: file_digest(p) for p in (train_txt, test_txt)}
     return Dataset("sop", splits[0], splits[1], checksums)
 
 
@@ -343,18 +342,32 @@ def write_lmdb(path: Path, records: Iterable[bytes], total: int, desc: str,
     tmp.rename(path)
 
 
-def read_lmdb_labels(path: Path) -> list[int]:
-    """Labels of every record in key order (for checks and tools)."""
+def read_datums(path: Path) -> Iterator:
+    """Every Datum of an LMDB in key order, with its key."""
     pb2 = caffe_pb2()
     env = lmdb.open(str(path), readonly=True, lock=False)
-    labels = []
-    with env.begin() as txn:
-        for _, value in txn.cursor():
-            datum = pb2.Datum()
-            datum.ParseFromString(value)
-            labels.append(datum.label)
-    env.close()
-    return labels
+    try:
+        with env.begin() as txn:
+            for key, value in txn.cursor():
+                yield key.decode(), pb2.Datum.FromString(value)
+    finally:
+        env.close()
+
+
+def read_lmdb_labels(path: Path) -> list[int]:
+    """Labels of every record in key order (for checks and tools)."""
+    return [datum.label for _, datum in read_datums(path)]
+
+
+def datum_image(datum) -> np.ndarray | None:
+    """A Datum's image as BGR uint8 H x W x 3 (None if it does not decode)."""
+    if datum.encoded:
+        return cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
+    image = np.frombuffer(datum.data, np.uint8).reshape(
+        datum.channels, datum.height, datum.width).transpose(1, 2, 0)
+    if datum.channels == 1:
+        image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
+    return image
 
 
 # ---------------------------------------------------------------- prepare
@@ -388,12 +401,6 @@ def _config_key(dataset: Dataset, options: PrepareOptions, what: str) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 class Preparer:
     """Writes one dataset's LMDBs into out, resuming finished parts."""
 
@@ -416,7 +423,7 @@ class Preparer:
             "image_size": self.options.size, "encoding": self.options.encoding,
             "seed": self.options.seed, "source_checksums": self.dataset.checksums,
         })
-        _atomic_write(self.manifest_path, json.dumps(self.manifest, indent=2) + "\n")
+        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2) + "\n")
 
     def _encode_split(self, items: list[Item], split: str) -> tuple[list[Item], list[bytes]]:
         results = process_images(items, self.fmt, self.options.workers,
@@ -425,7 +432,7 @@ class Preparer:
                if reason]
         if bad:
             report = self.out / f"bad_files_{split}.tsv"
-            _atomic_write(report, "".join(f"{item.file or item.path}\t{reason}\n"
+            atomic_write_text(report, "".join(f"{item.file or item.path}\t{reason}\n"
                                           for item, reason in bad))
             if not self.options.skip_bad:
                 listed = "; ".join(f"{item.file or item.path}: {reason}"
@@ -462,7 +469,7 @@ class Preparer:
                        (make_datum(p, y, self.fmt) for p, y in
                         zip(payloads, labels, strict=True)),
                        len(items), "test_lmdb", map_size)
-            _atomic_write(self.out / "test_index.tsv", "key\tlabel\tpath\n" + "".join(
+            atomic_write_text(self.out / "test_index.tsv", "key\tlabel\tpath\n" + "".join(
                 f"{i:09d}\t{y}\t{item.path}\n"
                 for i, (item, y) in enumerate(zip(items, labels, strict=True))))
             info = {"records": len(items), "images": len(items),

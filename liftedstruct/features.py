@@ -14,6 +14,8 @@ import numpy as np
 from google.protobuf import text_format
 from tqdm import tqdm
 
+from liftedstruct.datasets import datum_image
+
 CHUNK = 1024  # images per resumable part
 
 
@@ -63,17 +65,10 @@ def preprocess(images: list[np.ndarray], transform: Transform) -> np.ndarray:
 
 
 def _decode_datum(value: bytes, caffe_pb2, where: str) -> tuple[int, np.ndarray]:
-    datum = caffe_pb2.Datum()
-    datum.ParseFromString(value)
-    if datum.encoded:
-        image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ExtractionError(f"{where}: undecodable image")
-    else:
-        image = np.frombuffer(datum.data, np.uint8).reshape(
-            datum.channels, datum.height, datum.width).transpose(1, 2, 0)
-        if datum.channels == 1:
-            image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
+    datum = caffe_pb2.Datum.FromString(value)
+    image = datum_image(datum)
+    if image is None:
+        raise ExtractionError(f"{where}: undecodable image")
     return datum.label, image
 
 

@@ -57,6 +57,20 @@ def negative_pairs(labels: np.ndarray, rng: np.random.Generator) -> list[tuple[i
     return pairs
 
 
+def _batches(rows: np.ndarray, per_batch: int, rng: np.random.Generator,
+             cap: int | None, what: str, batch_size: int) -> np.ndarray:
+    """Shuffle the rows, keep at most cap, trim to whole batches; return
+    them as batches x per_batch x row."""
+    rows = rows[rng.permutation(len(rows))]
+    if cap is not None:
+        rows = rows[:cap]
+    rows = rows[: len(rows) // per_batch * per_batch]
+    if len(rows) == 0:
+        raise ValueError(f"fewer than {per_batch} {what}: too few images for batch "
+                         f"{batch_size}")
+    return rows.reshape(-1, per_batch, rows.shape[1])
+
+
 def pair_order(labels: np.ndarray, batch_size: int, seed: int,
                max_pairs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Record order (indices into labels) and each record's pair similarity.
@@ -70,13 +84,7 @@ def pair_order(labels: np.ndarray, batch_size: int, seed: int,
     rng = np.random.default_rng(seed)
     pairs = positive_pairs(labels) + negative_pairs(labels, rng)
     pairs = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-    pairs = pairs[rng.permutation(len(pairs))]
-    if max_pairs is not None:
-        pairs = pairs[:max_pairs]
-    pairs = pairs[: len(pairs) // half * half]
-    if len(pairs) == 0:
-        raise ValueError(f"fewer than {half} pairs: too few images for batch {batch_size}")
-    blocks = pairs.reshape(-1, half, 2)
+    blocks = _batches(pairs, half, rng, max_pairs, "pairs", batch_size)
     order = np.concatenate([blocks[:, :, 0], blocks[:, :, 1]], axis=1).ravel()
     similar = (labels[blocks[:, :, 0]] == labels[blocks[:, :, 1]]).astype(np.int64)
     similarity = np.concatenate([similar, similar], axis=1).ravel()
@@ -101,11 +109,5 @@ def triplet_order(labels: np.ndarray, batch_size: int, seed: int,
         negatives[clash] = rng.integers(len(labels), size=int(clash.sum()))
         clash = labels[negatives] == labels[pairs[:, 0]]
     triplets = np.column_stack([pairs, negatives])
-    triplets = triplets[rng.permutation(len(triplets))]
-    if max_triplets is not None:
-        triplets = triplets[:max_triplets]
-    triplets = triplets[: len(triplets) // third * third]
-    if len(triplets) == 0:
-        raise ValueError(f"fewer than {third} triplets: too few images for batch {batch_size}")
-    blocks = triplets.reshape(-1, third, 3)
+    blocks = _batches(triplets, third, rng, max_triplets, "triplets", batch_size)
     return np.concatenate([blocks[:, :, 0], blocks[:, :, 1], blocks[:, :, 2]], axis=1).ravel()

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from liftedstruct import datasets, metrics
 from liftedstruct.features import LmdbSource, Transform, extract, preprocess
+from liftedstruct.files import atomic_write_text
 from liftedstruct.paths import REPO_ROOT, caffe_binary, import_caffe
 from liftedstruct.prototxt import HEADLINE_EMBEDDING
 from liftedstruct.report import write_report
@@ -104,9 +105,7 @@ class Pipeline:
                 "config": {k: str(v) for k, v in asdict(self.config).items()}}
 
     def _save_state(self, state: dict) -> None:
-        tmp = self.state_path.with_name("state.json.tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(self.state_path)
+        atomic_write_text(self.state_path, json.dumps(state, indent=2) + "\n")
 
     def run(self) -> dict:
         state = self._load_state()
@@ -346,9 +345,7 @@ class Pipeline:
                                    source=str(self.features_path(name))).to_json()
             (self.out / "scores" / f"{name}.json").write_text(json.dumps(scores, indent=2))
             results[name] = scores
-        tmp = self.out / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(self.out / "results.json")
+        atomic_write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
         return results
 
     def report(self, results: dict) -> None:

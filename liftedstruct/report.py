@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from liftedstruct.datasets import datum_image, read_datums  # noqa: E402
 from liftedstruct.paths import REPO_ROOT  # noqa: E402
 
 PAPER_RESULTS = REPO_ROOT / "data" / "paper_results.json"
@@ -160,24 +161,11 @@ def plot_retrieval(features: np.ndarray, labels: np.ndarray, images: list[np.nda
 
 def load_lmdb_images(path: Path, keys: list[str]) -> list[np.ndarray]:
     """The BGR images of the given keys of a test LMDB."""
-    import cv2
-    import lmdb
-
-    from liftedstruct.datasets import caffe_pb2
-
-    pb2 = caffe_pb2()
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    images = []
-    with env.begin() as txn:
-        for key in keys:
-            datum = pb2.Datum.FromString(txn.get(str(key).encode()))
-            if datum.encoded:
-                image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
-            else:
-                image = np.frombuffer(datum.data, np.uint8).reshape(
-                    datum.channels, datum.height, datum.width).transpose(1, 2, 0)
-            images.append(image)
-    env.close()
+    wanted = {str(key): index for index, key in enumerate(keys)}
+    images: list = [None] * len(keys)
+    for key, datum in read_datums(path):
+        if key in wanted:
+            images[wanted[key]] = datum_image(datum)
     return images
 
 

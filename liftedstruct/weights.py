@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import urllib.error
 import urllib.request
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from liftedstruct.files import file_digest
 from liftedstruct.paths import REPO_ROOT
 
 GOOGLENET_URL = "http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel"
@@ -21,16 +21,8 @@ class WeightsError(RuntimeError):
     """The weights cannot be had or are not the right file."""
 
 
-def sha1_file(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(path: Path, sha1: str = GOOGLENET_SHA1) -> None:
-    actual = sha1_file(path)
+    actual = file_digest(path, "sha1")
     if actual != sha1:
         raise WeightsError(f"{path}: SHA1 {actual}, expected {sha1} "
                            "(not bvlc_googlenet.caffemodel, or a truncated copy)")

@@ -8,13 +8,19 @@ import sys
 from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
 
 from fixtures import make_cars196, make_cub, make_sop
 from liftedstruct import layouts
-from liftedstruct.datasets import DatasetError, PrepareOptions, prepare, read_lmdb_labels
+from liftedstruct.datasets import (
+    DatasetError,
+    PrepareOptions,
+    datum_image,
+    prepare,
+    read_datums,
+    read_lmdb_labels,
+)
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 SMALL = {"lifted": 8, "contrastive": 8, "triplet": 6}
@@ -26,25 +32,14 @@ def options(**overrides) -> PrepareOptions:
     return PrepareOptions(**settings)
 
 
-def read_datums(caffe, path: Path) -> list:
-    from caffe.proto import caffe_pb2
-
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    datums = []
-    with env.begin() as txn:
-        for _, value in txn.cursor():
-            datum = caffe_pb2.Datum()
-            datum.ParseFromString(value)
-            datums.append(datum)
-    env.close()
-    return datums
+def read_all(path: Path) -> list:
+    return [datum for _, datum in read_datums(path)]
 
 
 def decode(datum) -> np.ndarray:
-    if datum.encoded:
+    if datum.encoded:  # as stored, to see the channels
         return cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_UNCHANGED)
-    return np.frombuffer(datum.data, np.uint8).reshape(
-        datum.channels, datum.height, datum.width).transpose(1, 2, 0)
+    return datum_image(datum)
 
 
 def test_cub_splits_labels_and_images(caffe, tmp_path):
@@ -52,7 +47,7 @@ def test_cub_splits_labels_and_images(caffe, tmp_path):
     out = tmp_path / "out"
     manifest = prepare("cub", raw, out, options())
     # Classes 1-3 train, 101-103 test, 4 images each; labels 0-based per split.
-    test = read_datums(caffe, out / "test_lmdb")
+    test = read_all(out / "test_lmdb")
     assert [d.label for d in test] == [0] * 4 + [1] * 4 + [2] * 4
     for datum in test:
         image = decode(datum)
@@ -70,7 +65,7 @@ def test_unusual_images_become_bgr(caffe, tmp_path):
     raw = make_cub(tmp_path / "raw", classes=(1, 101), per_class=4)
     out = tmp_path / "out"
     prepare("cub", raw, out, options(methods=("lifted",), encoding="raw"))
-    datums = read_datums(caffe, out / "train_lifted_lmdb")
+    datums = read_all(out / "train_lifted_lmdb")
     assert all(not d.encoded and decode(d).shape == (256, 256, 3) for d in datums)
     gray = [d for d in datums if np.array_equal(decode(d)[..., 0], decode(d)[..., 2])]
     assert gray, "the grayscale image should decode to equal B, G and R"

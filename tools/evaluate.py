@@ -14,6 +14,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from liftedstruct.features import feature_key  # noqa: E402
+from liftedstruct.files import atomic_write_text  # noqa: E402
 from liftedstruct.metrics import DEFAULT_K, ScoringError, score  # noqa: E402
 
 
@@ -70,9 +71,7 @@ def main() -> int:
         return 2
     print_table(result, str(args.features))
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 
