@@ -46,6 +46,28 @@ def test_blocked_knn_equals_unblocked_with_ties():
                 metrics.nearest_neighbors(x, k, block_rows=block), expected)
 
 
+def reference_smallest(dist, k):
+    columns = np.arange(dist.shape[1])
+    return np.array([np.lexsort((columns, row))[:k] for row in dist])
+
+
+def test_sampled_threshold_selection_is_exact_with_ties_and_fallback():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 6, size=(3000, 3)).astype(np.float32)  # many ties
+    for k in (1, 5, 40):
+        nn = metrics.nearest_neighbors(x, k, block_rows=700)
+        d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        np.testing.assert_array_equal(nn, reference_smallest(d, k))
+    # Only the sampled columns are small: the threshold (the 8th smallest
+    # sample) catches 8 < k = 10 columns and the exact fallback takes over.
+    dist = rng.uniform(10, 20, size=(6, 4096)).astype(np.float32)
+    dist[:, ::4] = rng.uniform(0, 1, size=(6, 1024))
+    dist[:, 1::4] = 5.0  # tied, and beyond the ten smallest
+    np.testing.assert_array_equal(metrics._smallest_k(dist, 10),
+                                  reference_smallest(dist, 10))
+
+
 def test_pairwise_f1_equals_pair_enumeration():
     rng = np.random.default_rng(1)
     clusters = rng.integers(0, 6, size=80)
