@@ -48,6 +48,8 @@ CAFFE_TESTS = [
     "gradient_based_solver",
     "net",
 ]
+# With cuDNN also the tests of the layers it replaces (their CuDNN* cases).
+CUDNN_TESTS = ["convolution_layer", "neuron_layer", "softmax_layer"]
 OUR_TESTS = [
     "lifted_struct_similarity_softmax_loss_layer",
     "triplet_loss_layer",
@@ -85,6 +87,7 @@ class BuildError(RuntimeError):
 @dataclass
 class BuildOptions:
     cuda: bool = False
+    cudnn: bool = False
     cuda_arch: list[str] = field(default_factory=lambda: ["90"])
     cuda_libs_from_wheels: bool = False
     all_tests: bool = False
@@ -93,7 +96,7 @@ class BuildOptions:
 
     @property
     def variant(self) -> str:
-        return "cuda" if self.cuda else "cpu"
+        return ("cudnn" if self.cudnn else "cuda") if self.cuda else "cpu"
 
 
 def log(message: str) -> None:
@@ -357,11 +360,11 @@ def cmake_arguments(work: Path, prefix: Path, options: BuildOptions) -> list[str
         "USE_LMDB": "ON",
         "USE_LEVELDB": "ON",
         "USE_HDF5": "ON",
-        "USE_CUDNN": "OFF",
+        "USE_CUDNN": "ON" if options.cudnn else "OFF",
         "USE_NCCL": "OFF",
         "CPU_ONLY": "OFF" if options.cuda else "ON",
         "BUILD_only_tests": "" if options.all_tests
-        else ",".join(CAFFE_TESTS + OUR_TESTS),
+        else ",".join(CAFFE_TESTS + OUR_TESTS + (CUDNN_TESTS if options.cudnn else [])),
     }
     if options.cuda:
         arch = " ".join(options.cuda_arch)
@@ -419,8 +422,9 @@ def build(caffe_src: Path | None, options: BuildOptions, force: bool = False) ->
 
 
 def check_cuda_compile(variant: str = "cpu", arch: str = "90") -> list[Path]:
-    """Compile caffe_layers' CUDA sources (and their .cpp without CPU_ONLY)
-    with nvcc against the built tree's headers; return the objects made.
+    """Compile caffe_layers' CUDA sources with nvcc (their .cpp files, and
+    Caffe's cuDNN layers through patch 0008, with the host compiler, without
+    CPU_ONLY) against the built tree's headers; return the objects made.
 
     Catches a .cu that does not compile on a machine that cannot build or run
     the whole CUDA Caffe (CI). Needs a finished build for caffe.pb.h.
@@ -439,13 +443,24 @@ def check_cuda_compile(variant: str = "cpu", arch: str = "90") -> list[Path]:
                 f"-I{toolkit / 'include'}"]
     sources = sorted((LAYERS_DIR / "src").rglob("*.cu")) + sorted(
         (LAYERS_DIR / "src").rglob("*.cpp"))
+    # Caffe's cuDNN layers with the cuDNN 8+ stand-ins (patch 0008), where
+    # the toolkit has cuDNN's headers.
+    cudnn = (toolkit / "include" / "cudnn.h").exists()
+    if cudnn:
+        sources += sorted((work / "src" / "caffe" / "layers").glob("cudnn_*.c*"))
+        sources.append(work / "src" / "caffe" / "util" / "cudnn.cpp")
     objects = []
     for source in sources:
         obj = out_dir / (source.name + ".o")
-        # The .cpp files too: their CUDA-only paths (no STUB_GPU, the GPU
-        # typed test cases) only compile without CPU_ONLY.
-        run([nvcc, "-c", f"-arch=sm_{arch}", "-std=c++17", "-Xcompiler", "-fPIC",
-             "-x", "cu" if source.suffix == ".cu" else "c++",
-             *includes, str(source), "-o", str(obj)])
+        defines = ["-DUSE_CUDNN"] if cudnn else []
+        if source.suffix == ".cu":
+            run([nvcc, "-c", f"-arch=sm_{arch}", "-std=c++17", "-Xcompiler", "-fPIC",
+                 *defines, *includes, str(source), "-o", str(obj)])
+        else:
+            # The .cpp files too, with the host compiler as Caffe's build does:
+            # their CUDA-only paths (no STUB_GPU, the GPU typed test cases)
+            # only compile without CPU_ONLY.
+            run([os.environ.get("CXX", "g++"), "-c", "-std=c++17", "-fPIC", *defines,
+                 *includes, f"-I{toolkit / 'include' / 'cccl'}", str(source), "-o", str(obj)])
         objects.append(obj)
     return objects

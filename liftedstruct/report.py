@@ -42,8 +42,8 @@ def comparison(results: dict[str, dict], dataset: str, embedding: int) -> dict:
         for key in recall_keys(scores) + [k for k in METRIC_ORDER if k in scores]:
             ours = 100 * scores[key]
             theirs = paper.get(key)
-            rows[key] = {"ours": round(ours, 2), "paper": theirs,
-                         "diff": None if theirs is None else round(ours - theirs, 2)}
+            rows[key] = {"ours": ours, "paper": theirs,
+                         "diff": None if theirs is None else ours - theirs}
         table[method] = {"metrics": rows, "paper_source": paper.get("source")}
     return table
 

@@ -19,6 +19,9 @@ def main() -> int:
                              "instead of the Debian source package")
     parser.add_argument("--cuda", action="store_true",
                         help="build with CUDA (nvcc, cuBLAS, cuRAND)")
+    parser.add_argument("--cudnn", action="store_true",
+                        help="with --cuda: Caffe's cuDNN layers (cuDNN 8/9 through "
+                             "patch 0008)")
     parser.add_argument("--cuda-arch", nargs="+", default=["90"],
                         help="compute capabilities; PTX for the last (default: 90)")
     parser.add_argument("--cuda-libs-from-wheels", action="store_true",
@@ -31,7 +34,9 @@ def main() -> int:
     parser.add_argument("--force", action="store_true",
                         help="rebuild even if the inputs did not change")
     args = parser.parse_args()
-    options = BuildOptions(cuda=args.cuda, cuda_arch=args.cuda_arch,
+    if args.cudnn and not args.cuda:
+        parser.error("--cudnn needs --cuda")
+    options = BuildOptions(cuda=args.cuda, cudnn=args.cudnn, cuda_arch=args.cuda_arch,
                            cuda_libs_from_wheels=args.cuda_libs_from_wheels,
                            all_tests=args.all_tests)
     if args.jobs:
