@@ -33,3 +33,13 @@ def tiny_cub(caffe, tmp_path_factory):
         size=72, count_check=False, workers=1, max_pairs=120,
         batch_size={"lifted": 12, "contrastive": 12, "triplet": 12}))
     return out
+
+
+@pytest.fixture(scope="session")
+def bvlc_googlenet_deploy() -> Path:
+    """BVLC's own GoogLeNet deploy net, from the Caffe source the build used."""
+    from liftedstruct.paths import REPO_ROOT
+
+    found = sorted((REPO_ROOT / "build").glob("src-*/**/models/bvlc_googlenet/deploy.prototxt"))
+    assert found, "no Caffe source tree under build/: run tools/setup.sh"
+    return found[0]

@@ -84,21 +84,19 @@ def test_deploy_nets_build_and_output_both_blobs(caffe):
             assert net.blobs["pool5/7x7_s1"].data.shape[1:] == (1024, 1, 1), path
 
 
-def bvlc_googlenet_random(caffe, tmp_path) -> Path:
+def bvlc_googlenet_random(caffe, deploy: Path, tmp_path) -> Path:
     """A randomly initialised GoogLeNet saved under the BVLC layer names
     (BVLC's own deploy net, its fillers drawing the weights)."""
-    bvlc = REPO_ROOT / "build" / "src-99bd997" / "models" / "bvlc_googlenet"
     caffe.set_random_seed(0)
-    net = caffe.Net(str(bvlc / "deploy.prototxt"), caffe.TEST)
+    net = caffe.Net(str(deploy), caffe.TEST)
     path = tmp_path / "bvlc_googlenet_random.caffemodel"
     net.save(str(path))
     return path
 
 
-def test_finetuning_copies_every_googlenet_layer(caffe, tmp_path):
-    weights = bvlc_googlenet_random(caffe, tmp_path)
-    source = caffe.Net(str(REPO_ROOT / "build" / "src-99bd997" / "models" / "bvlc_googlenet"
-                           / "deploy.prototxt"), str(weights), caffe.TEST)
+def test_finetuning_copies_every_googlenet_layer(caffe, bvlc_googlenet_deploy, tmp_path):
+    weights = bvlc_googlenet_random(caffe, bvlc_googlenet_deploy, tmp_path)
+    source = caffe.Net(str(bvlc_googlenet_deploy), str(weights), caffe.TEST)
     ours = caffe.Net(str(PROTOTXT / "cub" / "lifted_64" / "deploy.prototxt"), caffe.TEST)
     before = ours.params["fc_embedding"][0].data.copy()
     ours.copy_from(str(weights))
@@ -118,14 +116,15 @@ def reduced(method: str, lmdb: Path) -> prototxt.NetConfig:
 
 
 @pytest.mark.parametrize("method", prototxt.METHODS)
-def test_caffe_train_each_method_reduced(caffe, tiny_cub, tmp_path, method):
+def test_caffe_train_each_method_reduced(caffe, tiny_cub, bvlc_googlenet_deploy, tmp_path,
+                                         method):
     net = tmp_path / "train_val.prototxt"
     net.write_text(prototxt.train_val(reduced(method, tiny_cub)))
     solver = tmp_path / "solver.prototxt"
     solver.write_text(prototxt.solver(prototxt.SolverConfig(
         net=str(net), snapshot_prefix=str(tmp_path / "snap"), max_iter=3, snapshot=3,
         display=1, solver_mode="CPU", random_seed=1)))
-    weights = bvlc_googlenet_random(caffe, tmp_path)
+    weights = bvlc_googlenet_random(caffe, bvlc_googlenet_deploy, tmp_path)
     result = subprocess.run([str(caffe_binary()), "train", f"-solver={solver}",
                              f"-weights={weights}"], capture_output=True, text=True,
                             env=GLOG, timeout=600)

@@ -67,12 +67,11 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     assert other.returncode == 2 and "other settings" in other.stderr
 
 
-def test_cub_fixture_random_googlenet_all_stages(caffe, tmp_path):
+def test_cub_fixture_random_googlenet_all_stages(caffe, bvlc_googlenet_deploy, tmp_path):
     raw = make_cub(tmp_path / "raw", classes=(1, 2, 3, 4, 101, 102, 103), per_class=5)
-    bvlc = REPO_ROOT / "build" / "src-99bd997" / "models" / "bvlc_googlenet"
     caffe.set_random_seed(0)
     weights = tmp_path / "random_googlenet.caffemodel"
-    caffe.Net(str(bvlc / "deploy.prototxt"), caffe.TEST).save(str(weights))
+    caffe.Net(str(bvlc_googlenet_deploy), caffe.TEST).save(str(weights))
     config = RunConfig(dataset="cub", out=tmp_path / "cub", root=raw, weights=weights,
                        iterations=2, image_size=72, crop=64, batch=12,
                        count_check=False, max_pairs=120)
