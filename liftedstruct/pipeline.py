@@ -60,9 +60,17 @@ class RunConfig:
 
     def __post_init__(self):
         self.out = Path(self.out)
+        unknown = [m for m in self.methods if m not in ("lifted", "contrastive", "triplet")]
+        if unknown or not self.methods:
+            raise PipelineError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
+                                "choose from lifted, contrastive, triplet")
         if self.embedding is None:
             self.embedding = 64 if self.dataset == "digits" else HEADLINE_EMBEDDING[
                 self.dataset]
+        sizes = (64,) if self.dataset == "digits" else (64, 128, 256, 512)
+        if self.embedding not in sizes:
+            raise PipelineError(f"--embedding {self.embedding}: the committed nets for "
+                                f"{self.dataset} have {', '.join(map(str, sizes))}")
         if self.max_pairs is None and self.dataset == "digits":
             self.max_pairs = DEMO_MAX_PAIRS
 
@@ -159,16 +167,21 @@ class Pipeline:
         (self.out / "logs" / "prepare.json").write_text(json.dumps(manifest, indent=2))
 
     # ------------------------------------------------------------ train
-    def derived_net(self, method: str) -> Path:
-        """The committed train_val with this run's LMDBs (and reduced input)."""
+    def derived_net(self, method: str, name: str = "train_val.prototxt") -> Path:
+        """A committed net (train_val or deploy) with this run's LMDBs and
+        reduced input, written under train/<method>/."""
         net = self.pb2.NetParameter()
-        text_format.Merge((committed_folder(self.config, method) / "train_val.prototxt")
-                          .read_text(), net)
+        text_format.Merge((committed_folder(self.config, method) / name).read_text(), net)
         self._adapt(net, method)
-        path = self.out / "train" / method / "train_val.prototxt"
+        path = self.out / "train" / method / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text_format.MessageToString(net))
         return path
+
+    def transform(self, method: str) -> Transform:
+        """Test-time preprocessing: the TEST Data layer of the method's net."""
+        return Transform.from_train_val(self.out / "train" / method / "train_val.prototxt",
+                                        self.pb2)
 
     def _adapt(self, net, method: str) -> None:
         for layer in net.layer:
@@ -268,15 +281,6 @@ class Pipeline:
     def features_path(self, name: str) -> Path:
         return self.out / "features" / f"{name}.npz"
 
-    def _deploy(self, method: str) -> Path:
-        net = self.pb2.NetParameter()
-        text_format.Merge((committed_folder(self.config, method) / "deploy.prototxt")
-                          .read_text(), net)
-        self._adapt(net, method)
-        path = self.out / "train" / method / "deploy.prototxt"
-        path.write_text(text_format.MessageToString(net))
-        return path
-
     def _net(self, deploy: Path, weights: Path):
         if self.config.gpu is None:
             self.caffe.set_mode_cpu()
@@ -292,10 +296,10 @@ class Pipeline:
             out = self.features_path(method)
             if out.exists():
                 continue
-            train_val = self.out / "train" / method / "train_val.prototxt"
-            transform = Transform.from_train_val(train_val, self.pb2)
+            transform = self.transform(method)
             _, max_iter = self.derived_solver(method)
-            net = self._net(self._deploy(method), self.final_snapshot(method, max_iter))
+            net = self._net(self.derived_net(method, "deploy.prototxt"),
+                            self.final_snapshot(method, max_iter))
             extract(net, source, ["fc_embedding"], transform, out)
         baseline = self.baseline_name()
         if not self.features_path(baseline).exists():
@@ -303,9 +307,8 @@ class Pipeline:
                 self._raw_features(source)
             else:
                 method = self.config.methods[0]
-                transform = Transform.from_train_val(
-                    self.out / "train" / method / "train_val.prototxt", self.pb2)
-                net = self._net(self._deploy(method), self._weights())
+                transform = self.transform(method)
+                net = self._net(self.derived_net(method, "deploy.prototxt"), self._weights())
                 extract(net, source, ["pool5/7x7_s1"], transform,
                         self.features_path(baseline))
 
@@ -314,9 +317,7 @@ class Pipeline:
 
     def _raw_features(self, source: LmdbSource) -> None:
         """The untrained baseline of the demo: the preprocessed pixels."""
-        method = self.config.methods[0]
-        transform = Transform.from_train_val(
-            self.out / "train" / method / "train_val.prototxt", self.pb2)
+        transform = self.transform(self.config.methods[0])
         ids, labels, rows = [], [], []
         for key, label, image in source.read(0):
             ids.append(key)

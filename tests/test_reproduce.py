@@ -93,3 +93,13 @@ def test_real_dataset_without_data_or_weights_says_what_to_get(caffe, tmp_path):
                        batch=12, count_check=False, methods=("lifted",), max_pairs=60)
     with pytest.raises(PipelineError, match="fetch_weights.py"):
         Pipeline(config).run()
+
+
+def test_unknown_method_or_size_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, str(TOOLS / "reproduce.py"), "--out",
+                             str(tmp_path / "x"), "--methods", "lifted,npair"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown npair" in result.stderr
+    with pytest.raises(PipelineError, match="--embedding 100"):
+        RunConfig(dataset="cub", embedding=100)
+    assert not (tmp_path / "x").exists()

@@ -44,13 +44,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-count-check", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    config = RunConfig(
-        dataset=args.dataset, out=args.out or Path("runs") / args.dataset, root=args.root,
-        embedding=args.embedding, methods=tuple(args.methods.split(",")),
-        weights=args.weights, gpu=args.gpu, iterations=args.iterations, seed=args.seed,
-        max_pairs=args.max_pairs, cluster=args.cluster, image_size=args.image_size,
-        crop=args.crop, batch=args.batch, count_check=not args.no_count_check)
     try:
+        config = RunConfig(
+            dataset=args.dataset, out=args.out or Path("runs") / args.dataset, root=args.root,
+            embedding=args.embedding, methods=tuple(args.methods.split(",")),
+            weights=args.weights, gpu=args.gpu, iterations=args.iterations, seed=args.seed,
+            max_pairs=args.max_pairs, cluster=args.cluster, image_size=args.image_size,
+            crop=args.crop, batch=args.batch, count_check=not args.no_count_check)
         Pipeline(config).run()
     except (PipelineError, DatasetError, ExtractionError, ScoringError) as error:
         print(f"reproduce: error: {error}", file=sys.stderr)
