@@ -8,6 +8,7 @@
 #include "caffe/common.hpp"
 #include "caffe/filler.hpp"
 #include "caffe/layers/triplet_loss_layer.hpp"
+#include "caffe/util/math_functions.hpp"
 
 #include "caffe/test/test_caffe_main.hpp"
 #include "caffe/test/test_gradient_check_util.hpp"
@@ -124,6 +125,9 @@ TYPED_TEST(TripletLossLayerTest, TestSatisfiedTripletsHaveNoGradient) {
   layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
   layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
   EXPECT_EQ(this->blob_top_loss_->cpu_data()[0], Dtype(0));
+  // A sentinel in the diff: a Backward that wrote nothing would leave it.
+  caffe_set(this->blob_bottom_data_->count(), Dtype(7),
+      this->blob_bottom_data_->mutable_cpu_diff());
   layer.Backward(this->blob_top_vec_, vector<bool>(1, true),
       this->blob_bottom_vec_);
   for (int i = 0; i < this->blob_bottom_data_->count(); ++i) {
