@@ -1,3 +1,3 @@
 """Shared code of the Lifted Structured Feature Embedding reproduction."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

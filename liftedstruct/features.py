@@ -1,37 +1,36 @@
 """Test-set features through pycaffe: deterministic preprocessing (centre
-crop, no mirror, the training mean and scale), resumable chunked output."""
+crop, no mirror, the training mean and scale), resumable chunked output that
+is only ever reused for the same weights, net, images and settings."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import lmdb
 import numpy as np
 from google.protobuf import text_format
 from tqdm import tqdm
 
-from liftedstruct.datasets import datum_image
+from liftedstruct.constants import IMAGENET_MEAN_BGR
+from liftedstruct.errors import ExtractionError
+from liftedstruct.featurefile import feature_key, save_features
+from liftedstruct.files import atomic_write_text, file_digest
+from liftedstruct.images import datum_image, read_image
 
 CHUNK = 1024  # images per resumable part
-
-
-class ExtractionError(RuntimeError):
-    """Bad input to feature extraction; the message names it."""
-
-
-def feature_key(blob: str) -> str:
-    """npz key of a blob's features when a file holds several."""
-    return "features_" + blob.replace("/", "_")
+# A crop under this fraction of the stored image's side is refused unless
+# asked for: a deploy net for other inputs would silently see a small centre.
+MIN_CROP_FRACTION = 0.75
 
 
 @dataclass(frozen=True)
 class Transform:
     crop: int
-    mean: tuple[float, ...] = (104.0, 117.0, 123.0)
+    mean: tuple[float, ...] = IMAGENET_MEAN_BGR
     scale: float = 1.0
 
     @classmethod
@@ -64,14 +63,6 @@ def preprocess(images: list[np.ndarray], transform: Transform) -> np.ndarray:
     return batch
 
 
-def _decode_datum(value: bytes, caffe_pb2, where: str) -> tuple[int, np.ndarray]:
-    datum = caffe_pb2.Datum.FromString(value)
-    image = datum_image(datum)
-    if image is None:
-        raise ExtractionError(f"{where}: undecodable image")
-    return datum.label, image
-
-
 class LmdbSource:
     """Records of a test LMDB in key order: (id, label, image)."""
 
@@ -85,6 +76,10 @@ class LmdbSource:
     def __len__(self) -> int:
         return self.count
 
+    def identity(self) -> str:
+        stat = (self.path / "data.mdb").stat()
+        return f"lmdb:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.count}"
+
     def read(self, start: int) -> Iterator[tuple[str, int, np.ndarray]]:
         with self.env.begin() as txn:
             cursor = txn.cursor()
@@ -92,16 +87,22 @@ class LmdbSource:
             for _ in range(start):
                 cursor.next()
             for key, value in cursor.iternext():
-                label, image = _decode_datum(value, self.caffe_pb2,
-                                             f"{self.path} record {key.decode()}")
-                yield key.decode(), label, image
+                datum = self.caffe_pb2.Datum.FromString(value)
+                image = datum_image(datum)
+                if image is None:
+                    raise ExtractionError(f"{self.path} record {key.decode()}: "
+                                          "undecodable image")
+                yield key.decode(), datum.label, image
 
 
 class ImageListSource:
     """'path label' lines (as Caffe's convert_imageset takes), resized."""
 
     def __init__(self, listing: Path, root: Path | None, resize: int):
+        self.listing = listing
         self.items = []
+        if not listing.is_file():
+            raise ExtractionError(f"--images {listing}: no such file")
         for number, line in enumerate(listing.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
@@ -115,62 +116,105 @@ class ImageListSource:
     def __len__(self) -> int:
         return len(self.items)
 
+    def identity(self) -> str:
+        return (f"list:{self.listing.resolve()}:{file_digest(self.listing)}:"
+                f"{Path(self.root).resolve()}:{self.resize}")
+
     def read(self, start: int) -> Iterator[tuple[str, int, np.ndarray]]:
         for path, label in self.items[start:]:
-            image = cv2.imread(str(self.root / path), cv2.IMREAD_COLOR)
+            image = read_image(self.root / path, self.resize)
             if image is None:
                 raise ExtractionError(f"{self.root / path}: missing or not an image")
-            yield path, label, cv2.resize(image, (self.resize, self.resize),
-                                          interpolation=cv2.INTER_LINEAR)
+            yield path, label, image
+
+
+def run_key(weights: Path | None, deploy: Path, source, blobs: list[str],
+            transform: Transform) -> dict:
+    """What the extracted rows depend on; stored beside the resumable parts."""
+    return {"weights": file_digest(weights) if weights else None,
+            "deploy": file_digest(deploy), "source": source.identity(),
+            "blobs": list(blobs), "transform": asdict(transform), "chunk": CHUNK}
+
+
+def check_crop(source, transform: Transform, allow_small: bool) -> None:
+    """Refuse a centre crop much smaller than the stored images unless asked."""
+    if len(source) == 0:
+        raise ExtractionError("the source holds no images")
+    _, _, image = next(source.read(0))
+    side = min(image.shape[:2])
+    if transform.crop < MIN_CROP_FRACTION * side and not allow_small:
+        raise ExtractionError(
+            f"the net takes {transform.crop}x{transform.crop} inputs but the images are "
+            f"{image.shape[1]}x{image.shape[0]}: each would be cut to its centre "
+            f"{transform.crop}x{transform.crop}. Use a deploy net for this image size, "
+            f"or pass --crop {transform.crop} to accept the centre crop")
 
 
 def extract(net, source, blobs: list[str], transform: Transform, out: Path,
-            batch: int = 64) -> Path:
-    """Run the net over source in chunks (kept in out.parts/ so that an
-    interrupted run resumes), then write out via a temporary name."""
+            key: dict | None = None, batch: int = 64) -> Path:
+    """Run the net over source in chunks kept in out.parts/ so that an
+    interrupted run resumes, then write out via a temporary name. Parts left
+    by a run with another key (weights, net, images, blobs, transform) are
+    discarded, never mixed in."""
     for blob in blobs:
         if blob not in net.blobs:
             raise ExtractionError(f"the net has no blob {blob!r} (blobs: "
                                   f"{', '.join(net.blobs)})")
-    parts = out.with_name(out.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
     total = len(source)
     if total == 0:
         raise ExtractionError("the source holds no images")
+    parts = out.with_name(out.name + ".parts")
+    key_file = parts / "key.json"
+    key = key if key is not None else {"source": source.identity(), "blobs": list(blobs),
+                                       "transform": asdict(transform)}
+    key = json.loads(json.dumps(key))  # as stored: tuples become lists
+    if parts.exists():
+        stored = json.loads(key_file.read_text()) if key_file.exists() else None
+        if stored != key:
+            print(f"{parts}: left by an extraction with other weights, net, images or "
+                  "settings; starting over", flush=True)
+            shutil.rmtree(parts)
     chunks = range(0, total, CHUNK)
-    done = {int(p.stem.split("_")[1]) for p in parts.glob("chunk_*.npz")}
+    done = {int(p.stem.split("_")[1]) for p in parts.glob("chunk_*.npz")} \
+        if parts.exists() else set()
     input_blob = net.inputs[0]
-    with tqdm(total=total, desc=f"features {out.name}", unit="img") as bar:
-        for start in chunks:
-            count = min(CHUNK, total - start)
-            if start in done:
-                bar.update(count)
-                continue
-            ids, labels, outputs = [], [], {blob: [] for blob in blobs}
-            reader = source.read(start)
-            while len(ids) < count:
-                items = [next(reader) for _ in range(min(batch, count - len(ids)))]
-                data = preprocess([item[2] for item in items], transform)
-                net.blobs[input_blob].reshape(*data.shape)
-                net.blobs[input_blob].data[...] = data
-                net.forward()
-                for blob in blobs:
-                    outputs[blob].append(net.blobs[blob].data.reshape(len(items), -1).copy())
-                ids += [item[0] for item in items]
-                labels += [item[1] for item in items]
-                bar.update(len(items))
-            tmp = parts / f"chunk_{start:09d}.tmp.npz"
-            np.savez(tmp, ids=np.array(ids), labels=np.array(labels),
-                     **{feature_key(b): np.concatenate(outputs[b]) for b in blobs})
-            tmp.replace(parts / f"chunk_{start:09d}.npz")
+    try:
+        with tqdm(total=total, desc=f"features {out.name}", unit="img") as bar:
+            for start in chunks:
+                count = min(CHUNK, total - start)
+                if start in done:
+                    bar.update(count)
+                    continue
+                ids, labels, outputs = [], [], {blob: [] for blob in blobs}
+                reader = source.read(start)
+                while len(ids) < count:
+                    items = [next(reader) for _ in range(min(batch, count - len(ids)))]
+                    data = preprocess([item[2] for item in items], transform)
+                    net.blobs[input_blob].reshape(*data.shape)
+                    net.blobs[input_blob].data[...] = data
+                    net.forward()
+                    for blob in blobs:
+                        outputs[blob].append(
+                            net.blobs[blob].data.reshape(len(items), -1).copy())
+                    ids += [item[0] for item in items]
+                    labels += [item[1] for item in items]
+                    bar.update(len(items))
+                if not parts.exists():
+                    parts.mkdir(parents=True)
+                    atomic_write_text(key_file, json.dumps(key, indent=2) + "\n")
+                save_features(parts / f"chunk_{start:09d}.npz", ids=np.array(ids),
+                              labels=np.array(labels),
+                              **{feature_key(b): np.concatenate(outputs[b]) for b in blobs})
+    except BaseException:
+        if parts.exists() and not any(parts.glob("chunk_*.npz")):
+            shutil.rmtree(parts)  # nothing worth resuming
+        raise
     pieces = [np.load(parts / f"chunk_{start:09d}.npz") for start in chunks]
     arrays = {"ids": np.concatenate([p["ids"] for p in pieces]),
               "labels": np.concatenate([p["labels"] for p in pieces])}
     for blob in blobs:
         stacked = np.concatenate([p[feature_key(blob)] for p in pieces]).astype(np.float32)
         arrays["features" if len(blobs) == 1 else feature_key(blob)] = stacked
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(out)
+    save_features(out, **arrays)
     shutil.rmtree(parts)
     return out

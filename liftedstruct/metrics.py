@@ -17,34 +17,10 @@ import numpy as np
 from scipy import sparse
 from sklearn.metrics import normalized_mutual_info_score
 
-DEFAULT_K = {
-    "cub": [1, 2, 4, 8, 16, 32],
-    "cars196": [1, 2, 4, 8, 16, 32],
-    "sop": [1, 10, 100, 1000],
-    "digits": [1, 2, 4, 8],
-}
+from liftedstruct.errors import ScoringError
+from liftedstruct.featurefile import check_features
 
-
-class ScoringError(ValueError):
-    """Input that cannot be scored; the message names the problem."""
-
-
-def validate(features: np.ndarray, labels: np.ndarray, source: str = "input") -> None:
-    """Raise ScoringError naming what is wrong with features/labels."""
-    if features.ndim != 2:
-        raise ScoringError(f"{source}: features must be N x C, got shape {features.shape}")
-    if len(features) == 0:
-        raise ScoringError(f"{source}: no features (empty)")
-    if labels.ndim != 1 or len(labels) != len(features):
-        raise ScoringError(f"{source}: {len(labels)} labels for {len(features)} features")
-    bad = ~np.isfinite(features).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        raise ScoringError(f"{source}: {len(rows)} feature rows hold NaN or inf "
-                           f"(first: row {rows[0]})")
-    if len(np.unique(labels)) < 2:
-        raise ScoringError(f"{source}: a single class; retrieval and clustering "
-                           "scores need at least two")
+KMEANS_BACKENDS = ("faiss", "sklearn")
 
 
 def nearest_neighbors(features: np.ndarray, k: int, block_rows: int = 2048,
@@ -79,6 +55,16 @@ def nearest_neighbors(features: np.ndarray, k: int, block_rows: int = 2048,
             result[start:stop] = np.concatenate(list(pool.map(_smallest_k, chunks,
                                                               [k] * len(chunks))))
     return result
+
+
+def neighbors_of(features: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """The k nearest other rows of just the given query rows, exact, ties by
+    the lower index (as nearest_neighbors), without the N x N product."""
+    x = np.asarray(features, dtype=np.float32)
+    q = x[queries]
+    dist = np.einsum("ij,ij->i", x, x)[None, :] - 2.0 * (q @ x.T)
+    dist[np.arange(len(queries)), queries] = np.inf
+    return np.stack([_exact_row(row, k) for row in dist])
 
 
 def _smallest_k(dist: np.ndarray, k: int) -> np.ndarray:
@@ -197,21 +183,28 @@ def nmi(clusters: np.ndarray, labels: np.ndarray) -> float:
                                               average_method="arithmetic"))
 
 
-def kmeans_clusters(features: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """k-means with a fixed seed: faiss where installed, else scikit-learn."""
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    if faiss is not None and len(features) > 20000:
+def kmeans_clusters(features: np.ndarray, n_clusters: int, seed: int = 0,
+                    backend: str = "faiss") -> np.ndarray:
+    """k-means with a fixed seed, by one named algorithm whatever the size:
+    faiss (20 iterations from random centroids, as pytorch-metric-learning's
+    accuracy calculator) or scikit-learn (k-means++, up to 300 iterations)."""
+    if backend == "faiss":
+        try:
+            import faiss
+        except ImportError as error:
+            raise ScoringError("--kmeans faiss: install faiss-cpu (or use --kmeans "
+                               "sklearn)") from error
         x = np.ascontiguousarray(features, dtype=np.float32)
         km = faiss.Kmeans(x.shape[1], n_clusters, niter=20, seed=seed, verbose=False)
         km.train(x)
         return km.index.search(x, 1)[1].ravel()
-    from sklearn.cluster import KMeans
+    if backend == "sklearn":
+        from sklearn.cluster import KMeans
 
-    model = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed)
-    return model.fit_predict(features)
+        model = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed)
+        return model.fit_predict(features)
+    raise ScoringError(f"unknown k-means backend {backend!r} "
+                       f"({', '.join(KMEANS_BACKENDS)})")
 
 
 AP_MEMORY_LIMIT_BYTES = 4 * 1024**3
@@ -280,29 +273,33 @@ class Scores:
 
 def score(features: np.ndarray, labels: np.ndarray, ks: Sequence[int],
           cluster: str = "kmeans", seed: int = 0, source: str = "input",
-          backend: str = "numpy") -> Scores:
-    """Every score of the paper (and MAP@R) for one embedding."""
-    features = np.asarray(features, dtype=np.float32)
-    labels = np.asarray(labels).ravel()
-    validate(features, labels, source)
+          backend: str = "numpy", kmeans: str = "faiss") -> Scores:
+    """Every score of the paper (and MAP@R) for one embedding. `clustering`
+    in the result names the algorithm: kmeans-faiss, kmeans-sklearn or ap."""
+    features, labels = check_features(features, labels, source)
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise ScoringError(f"{source}: a single class; retrieval and clustering "
+                           "scores need at least two")
     ks = sorted(set(int(k) for k in ks))
-    if ks[0] < 1:
-        raise ScoringError(f"K must be at least 1, got {ks[0]}")
+    if not ks or ks[0] < 1:
+        raise ScoringError(f"K must be at least 1, got {ks[:1] or 'none'}")
     if ks[-1] > len(features) - 1:
         raise ScoringError(f"{source}: K = {ks[-1]} is larger than N - 1 = "
                            f"{len(features) - 1}")
-    classes, counts = np.unique(labels, return_counts=True)
     max_r = int(counts.max()) - 1
     neighbors = nearest_neighbors(features, max(ks[-1], max_r), backend=backend)
     recall = recall_at_k(neighbors[:, : ks[-1]], labels, ks)
     map_r, r_prec = map_at_r(features, labels, neighbors)
     if cluster == "kmeans":
-        assignment = kmeans_clusters(features, len(classes), seed)
+        assignment = kmeans_clusters(features, len(classes), seed, kmeans)
+        clustering = f"kmeans-{kmeans}"
     elif cluster == "ap":
         assignment = affinity_propagation_clusters(features, len(classes), seed)
+        clustering = "ap"
     else:
         raise ScoringError(f"unknown clustering {cluster!r} (kmeans or ap)")
     return Scores(recall=recall, nmi=nmi(assignment, labels),
                   f1=pairwise_f1(assignment, labels)["f1"], map_at_r=map_r,
-                  r_precision=r_prec, clustering=cluster, n=len(labels),
+                  r_precision=r_prec, clustering=clustering, n=len(labels),
                   classes=len(classes), singleton_classes=int((counts == 1).sum()))

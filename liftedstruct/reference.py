@@ -1,4 +1,5 @@
-"""An independent float64 reference of the lifted structured loss.
+"""An independent float64 reference of the lifted structured loss, for the
+tests and benchmarks of the Caffe layer.
 
 Written straight from the paper: Eq. 3-4 for the loss, and for the gradient
 Algorithm 1 with Eq. 5-7, pair by pair, with none of the layer's row sums.

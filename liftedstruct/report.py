@@ -1,6 +1,7 @@
-"""Side-by-side tables against the paper and the paper's figure types:
-Recall@K curves (Fig. 6/7/12), Barnes-Hut t-SNE (Fig. 9/11/15) and
-retrieval grids of a query and its 5 nearest neighbours (Fig. 8/10/13/14)."""
+"""Our scores beside the paper's published ones, and the paper's figure
+types: Recall@K curves (Fig. 6/7/12), Barnes-Hut t-SNE (Fig. 9/11/15) and
+retrieval grids of a query and its 5 nearest neighbours (Fig. 8/10/13/14).
+Only the images a figure draws are read from the test LMDB."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from liftedstruct.datasets import datum_image, read_datums  # noqa: E402
+from liftedstruct.errors import LiftedError  # noqa: E402
+from liftedstruct.featurefile import load_features  # noqa: E402
+from liftedstruct.files import atomic_write_text  # noqa: E402
+from liftedstruct.metrics import neighbors_of  # noqa: E402
 from liftedstruct.paths import REPO_ROOT  # noqa: E402
 
 PAPER_RESULTS = REPO_ROOT / "data" / "paper_results.json"
 METRIC_ORDER = ("nmi", "f1", "map@r", "r_precision")
+THUMBNAIL_LIMIT = 1500  # t-SNE points drawn as thumbnails up to this many
 
 
 def recall_keys(scores: dict) -> list[str]:
@@ -26,25 +31,39 @@ def recall_keys(scores: dict) -> list[str]:
     return sorted(keys, key=lambda k: int(k.split("@")[1]))
 
 
-def paper_numbers(dataset: str, method: str, embedding: int,
-                  path: Path = PAPER_RESULTS) -> dict:
-    """Published numbers (percent) for one configuration, or {}."""
+def published(dataset: str, method: str, embedding: int,
+              path: Path = PAPER_RESULTS) -> dict:
+    """The 2016 paper's published numbers (percent) for one configuration,
+    with the citation they were taken from; {} when none is published. A
+    source that states no embedding size counts for every size (and says so)."""
     table = json.loads(path.read_text())
-    return table.get(dataset, {}).get(method, {}).get(str(embedding), {})
+    entries = table["published"].get(dataset, {}).get(method, {})
+    entry = entries.get(str(embedding))
+    note = ""
+    if entry is None and "unstated" in entries:
+        entry, note = entries["unstated"], " (embedding size not stated)"
+    if not entry:
+        return {}
+    source = table["sources"][entry["source"]]["citation"] + note
+    return {**{k: v for k, v in entry.items() if re.fullmatch(r"recall@\d+|nmi|f1", k)},
+            "source": source}
 
 
 def comparison(results: dict[str, dict], dataset: str, embedding: int) -> dict:
-    """{method: {metric: {"ours": %, "paper": % or None, "diff": ...}}}."""
+    """{method: {"metrics": {metric: {"ours", "paper", "diff"}}, "paper_source",
+    "unpublished": [metrics with no published counterpart]}}."""
     table = {}
     for method, scores in results.items():
-        paper = paper_numbers(dataset, method, embedding)
+        paper = published(dataset, method, embedding)
         rows = {}
         for key in recall_keys(scores) + [k for k in METRIC_ORDER if k in scores]:
             ours = 100 * scores[key]
             theirs = paper.get(key)
             rows[key] = {"ours": ours, "paper": theirs,
                          "diff": None if theirs is None else ours - theirs}
-        table[method] = {"metrics": rows, "paper_source": paper.get("source")}
+        unpublished = [k for k, row in rows.items() if row["paper"] is None]
+        table[method] = {"metrics": rows, "paper_source": paper.get("source"),
+                         "unpublished": unpublished}
     return table
 
 
@@ -52,7 +71,9 @@ def markdown_table(table: dict, dataset: str, embedding: int) -> str:
     metrics: list[str] = []
     for entry in table.values():
         metrics += [m for m in entry["metrics"] if m not in metrics]
-    lines = [f"### {dataset}, embedding {embedding} (percent; ours / paper / difference)", "",
+    compared = any(entry["paper_source"] for entry in table.values())
+    what = "ours / paper / difference" if compared else "no published numbers to compare"
+    lines = [f"### {dataset}, embedding {embedding} (percent; {what})", "",
              "| method | " + " | ".join(metrics) + " |",
              "| --- | " + " | ".join("---" for _ in metrics) + " |"]
     for method, entry in table.items():
@@ -62,13 +83,19 @@ def markdown_table(table: dict, dataset: str, embedding: int) -> str:
             if row is None:
                 cells.append("")
             elif row["paper"] is None:
-                cells.append(f"{row['ours']:.1f}")
+                cells.append(f"{row['ours']:.1f} / –" if compared else f"{row['ours']:.1f}")
             else:
                 cells.append(f"{row['ours']:.1f} / {row['paper']:.1f} / {row['diff']:+.1f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    sources = {e["paper_source"] for e in table.values() if e["paper_source"]}
+    lines.append("")
+    sources = sorted({e["paper_source"] for e in table.values() if e["paper_source"]})
     if sources:
-        lines += ["", "Paper numbers: " + "; ".join(sorted(sources)) + "."]
+        lines.append("Paper numbers (Song et al., CVPR 2016, as tabulated in): "
+                     + "; ".join(sources) + ".")
+        missing = [f"{method} ({', '.join(e['unpublished'])})" if e["paper_source"]
+                   else f"{method} (all)" for method, e in table.items() if e["unpublished"]]
+        if missing:
+            lines.append("No published counterpart (–) for: " + "; ".join(missing) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -80,7 +107,7 @@ def plot_recall_curves(results: dict[str, dict], path: Path, title: str,
         ks = [int(k.split("@")[1]) for k in keys]
         line, = ax.plot(ks, [100 * scores[k] for k in keys], marker="o", label=method)
         theirs = (paper or {}).get(method, {})
-        paper_keys = [k for k in keys if k in theirs]
+        paper_keys = [k for k in recall_keys(theirs)]
         if paper_keys:
             ax.plot([int(k.split("@")[1]) for k in paper_keys],
                     [theirs[k] for k in paper_keys], ls="--", marker="x",
@@ -97,29 +124,32 @@ def plot_recall_curves(results: dict[str, dict], path: Path, title: str,
     return path
 
 
-def plot_tsne(features: np.ndarray, labels: np.ndarray, path: Path, title: str,
-              images: list[np.ndarray] | None = None, max_points: int = 3000,
+def sample_points(n: int, max_points: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(max_points, n), replace=False))
+
+
+def plot_tsne(features: np.ndarray, labels: np.ndarray, chosen: np.ndarray, path: Path,
+              title: str, images: dict[int, np.ndarray] | None = None,
               seed: int = 0) -> Path:
-    """Barnes-Hut t-SNE of (a sample of) the embedding, coloured by class or,
-    with images, drawn with thumbnails as in the paper's figures."""
+    """Barnes-Hut t-SNE of the chosen rows, coloured by class or, with their
+    images, drawn with thumbnails as in the paper's figures."""
     from sklearn.manifold import TSNE
 
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(features), size=min(max_points, len(features)),
-                                replace=False))
     perplexity = min(30.0, max(2.0, (len(chosen) - 1) / 3))
     points = TSNE(n_components=2, method="barnes_hut", perplexity=perplexity,
                   init="pca", random_state=seed).fit_transform(features[chosen])
     fig, ax = plt.subplots(figsize=(7, 7))
     if images is None:
-        ax.scatter(points[:, 0], points[:, 1], c=labels[chosen], cmap="tab20", s=6)
+        _, classes = np.unique(labels[chosen], return_inverse=True)
+        ax.scatter(points[:, 0], points[:, 1], c=classes % 20, cmap="tab20", s=6)
     else:
         from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
         ax.scatter(points[:, 0], points[:, 1], s=0)
-        zoom = 14 / max(images[0].shape[:2])
+        zoom = 14 / max(next(iter(images.values())).shape[:2])
         for point, index in zip(points, chosen, strict=True):
-            thumb = OffsetImage(images[index][:, :, ::-1], zoom=zoom)
+            thumb = OffsetImage(thumbnail(images[int(index)]), zoom=zoom)
             ax.add_artist(AnnotationBbox(thumb, point, frameon=False))
     ax.set_title(title)
     ax.set_xticks([])
@@ -130,20 +160,34 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, path: Path, title: str,
     return path
 
 
-def plot_retrieval(features: np.ndarray, labels: np.ndarray, images: list[np.ndarray],
-                   path: Path, title: str, queries: int = 6, seed: int = 0) -> Path:
-    """Query images and their 5 nearest neighbours; green frame = same class."""
-    from liftedstruct.metrics import nearest_neighbors
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """RGB(A) for drawing: line art on white (glyphs) gets its ink as alpha,
+    so that overlapping thumbnails do not hide each other behind white."""
+    rgb = image[:, :, ::-1]
+    if np.median(image) < 240:
+        return rgb
+    alpha = 255 - image.min(axis=2)
+    return np.dstack([rgb, alpha]).astype(np.uint8)
 
+
+def retrieval_rows(features: np.ndarray, queries: int, seed: int) -> np.ndarray:
+    """Rows of (query, its 5 nearest neighbours), queries drawn with the seed."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(features), size=min(queries, len(features)), replace=False)
-    neighbors = nearest_neighbors(features, 5)[chosen]
-    fig, axes = plt.subplots(len(chosen), 6, figsize=(6 * 1.3, len(chosen) * 1.3))
+    return np.column_stack([chosen, neighbors_of(features, chosen, 5)])
+
+
+def plot_retrieval(rows: np.ndarray, labels: np.ndarray, images: dict[int, np.ndarray],
+                   path: Path, title: str) -> Path:
+    """Query images and their 5 nearest neighbours; green frame = same class."""
+    fig, axes = plt.subplots(len(rows), rows.shape[1],
+                             figsize=(rows.shape[1] * 1.3, len(rows) * 1.3))
     axes = np.atleast_2d(axes)
-    for row, (query, found) in enumerate(zip(chosen, neighbors, strict=True)):
-        for col, index in enumerate([query, *found]):
+    for row, indices in enumerate(rows):
+        query = indices[0]
+        for col, index in enumerate(indices):
             ax = axes[row, col]
-            ax.imshow(images[index][:, :, ::-1])
+            ax.imshow(images[int(index)][:, :, ::-1])
             ax.set_xticks([])
             ax.set_yticks([])
             color = "black" if col == 0 else ("green" if labels[index] == labels[query]
@@ -159,43 +203,53 @@ def plot_retrieval(features: np.ndarray, labels: np.ndarray, images: list[np.nda
     return path
 
 
-def load_lmdb_images(path: Path, keys: list[str]) -> list[np.ndarray]:
-    """The BGR images of the given keys of a test LMDB."""
-    wanted = {str(key): index for index, key in enumerate(keys)}
-    images: list = [None] * len(keys)
-    for key, datum in read_datums(path):
-        if key in wanted:
-            images[wanted[key]] = datum_image(datum)
+def load_images(lmdb_path: Path, ids: np.ndarray, rows) -> dict[int, np.ndarray]:
+    """The BGR images of the given rows (by their LMDB keys), and only those."""
+    from liftedstruct.images import datum_image
+    from liftedstruct.lmdbio import read_datums
+
+    wanted = sorted({int(r) for r in rows})
+    images = {}
+    for row, (key, datum) in zip(wanted, read_datums(lmdb_path, [str(ids[r]) for r in wanted]),
+                                 strict=True):
+        if datum is None:
+            raise LiftedError(f"{lmdb_path}: no record {key!r} (row {row} of the "
+                                    "features): features and LMDB do not belong together")
+        images[row] = datum_image(datum)
     return images
 
 
 def write_report(results: dict[str, dict], dataset: str, embedding: int, out: Path,
                  features: dict[str, Path] | None = None, images_lmdb: Path | None = None,
-                 seed: int = 0, tsne_points: int = 3000) -> dict[str, Path]:
+                 seed: int = 0, tsne_points: int = THUMBNAIL_LIMIT, queries: int = 6,
+                 note: str = "") -> dict[str, Path]:
     """report.md, report.json and the figures in out; returns what was written."""
     out.mkdir(parents=True, exist_ok=True)
     table = comparison(results, dataset, embedding)
     written = {}
     markdown = markdown_table(table, dataset, embedding)
-    (out / "report.md").write_text(markdown)
-    (out / "report.json").write_text(json.dumps(
-        {"dataset": dataset, "embedding": embedding, "methods": table}, indent=2) + "\n")
+    atomic_write_text(out / "report.md", markdown + (f"\nData: {note}.\n" if note else ""))
+    atomic_write_text(out / "report.json", json.dumps(
+        {"dataset": dataset, "embedding": embedding, "methods": table, "data": note},
+        indent=2) + "\n")
     written["report.md"], written["report.json"] = out / "report.md", out / "report.json"
-    paper = {m: paper_numbers(dataset, m, embedding) for m in results}
+    paper = {m: published(dataset, m, embedding) for m in results}
     written["recall"] = plot_recall_curves(
         results, out / "recall_at_k.png", f"{dataset}: Recall@K, embedding {embedding}", paper)
     for method, path in (features or {}).items():
-        data = np.load(path)
-        feats, labels = data["features"], data["labels"]
-        images = None
-        if images_lmdb is not None:
-            images = load_lmdb_images(images_lmdb, [str(i) for i in data["ids"]])
-        use_thumbnails = images is not None and len(feats) <= 1500
+        feats, labels = load_features(path)
+        ids = np.load(path)["ids"]
+        chosen = sample_points(len(feats), tsne_points, seed)
+        thumbnails = images_lmdb is not None and len(chosen) <= THUMBNAIL_LIMIT
+        rows = retrieval_rows(feats, queries, seed) if images_lmdb is not None else None
+        needed = list(chosen if thumbnails else []) + list(rows.ravel() if rows is not None
+                                                           else [])
+        images = load_images(images_lmdb, ids, needed) if needed else {}
         written[f"tsne_{method}"] = plot_tsne(
-            feats, labels, out / f"tsne_{method}.png", f"{dataset} {method}: t-SNE",
-            images if use_thumbnails else None, tsne_points, seed)
-        if images is not None:
+            feats, labels, chosen, out / f"tsne_{method}.png", f"{dataset} {method}: t-SNE",
+            images if thumbnails else None, seed)
+        if rows is not None:
             written[f"retrieval_{method}"] = plot_retrieval(
-                feats, labels, images, out / f"retrieval_{method}.png",
-                f"{dataset} {method}: query and 5 nearest neighbours", seed=seed)
+                rows, labels, images, out / f"retrieval_{method}.png",
+                f"{dataset} {method}: query and 5 nearest neighbours")
     return written

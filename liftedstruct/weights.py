@@ -1,24 +1,24 @@
-"""The ImageNet GoogLeNet weights the paper fine-tunes from."""
+"""The ImageNet GoogLeNet weights the paper fine-tunes from, and the check
+that a .caffemodel really holds weights for the layers a net needs."""
 
 from __future__ import annotations
 
 import shutil
 import urllib.error
 import urllib.request
+from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
+from liftedstruct.errors import WeightsError
 from liftedstruct.files import file_digest
 from liftedstruct.paths import REPO_ROOT
 
 GOOGLENET_URL = "http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel"
 GOOGLENET_SHA1 = "405fc5acd08a3bb12de8ee5e23a96bec22f08204"
 DEFAULT_PATH = REPO_ROOT / "data" / "weights" / "bvlc_googlenet.caffemodel"
-
-
-class WeightsError(RuntimeError):
-    """The weights cannot be had or are not the right file."""
 
 
 def verify(path: Path, sha1: str = GOOGLENET_SHA1) -> None:
@@ -70,3 +70,72 @@ def download(dest: Path = DEFAULT_PATH, url: str = GOOGLENET_URL,
     verify(partial, sha1)
     partial.replace(dest)
     return dest
+
+
+def trained_layers(path: Path) -> dict[str, list[int]]:
+    """Each layer of a .caffemodel that holds weights: its blobs' sizes."""
+    from google.protobuf.message import DecodeError
+
+    from liftedstruct.lmdbio import caffe_pb2
+
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    data = path.read_bytes()
+    if not data:
+        raise WeightsError(f"{path}: empty file, not a Caffe model")
+    model = caffe_pb2().NetParameter()
+    try:
+        model.ParseFromString(data)
+    except DecodeError as error:
+        raise WeightsError(f"{path}: not a Caffe model (.caffemodel): {error}") from error
+    layers = {}
+    for layer in [*model.layer, *model.layers]:  # layers: the V1 format
+        if layer.blobs:
+            layers[layer.name] = [len(b.data) or len(b.double_data) for b in layer.blobs]
+    return layers
+
+
+def net_parameters(net) -> dict[str, list[int]]:
+    """A pycaffe Net's learnable layers: their blobs' sizes, in net order."""
+    return {name: [blob.data.size for blob in blobs] for name, blobs in net.params.items()}
+
+
+def upstream_layers(net, blobs: Iterable[str]) -> set[str]:
+    """The layers a pycaffe Net runs to compute the given blobs."""
+    writers: dict[str, list[str]] = defaultdict(list)
+    for layer, tops in net.top_names.items():
+        for top in tops:
+            writers[top].append(layer)
+    layers: set[str] = set()
+    seen: set[str] = set()
+    pending = list(blobs)
+    while pending:
+        blob = pending.pop()
+        if blob in seen:
+            continue
+        seen.add(blob)
+        for layer in writers[blob]:
+            layers.add(layer)
+            pending.extend(net.bottom_names[layer])
+    return layers
+
+
+def check_fit(path: Path, needed: dict[str, list[int]], what: str) -> None:
+    """Refuse weights that leave a needed layer at its random initialisation
+    (Caffe copies by layer name and silently skips the rest) or whose blobs
+    have other sizes; `needed` maps layer names to blob sizes."""
+    trained = trained_layers(path)
+    missing = [name for name in needed if name not in trained]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more"
+                                          if len(missing) > 8 else "")
+        have = ", ".join(list(trained)[:5]) or "none"
+        raise WeightsError(f"{path}: no weights for {len(missing)} of the {len(needed)} "
+                           f"learnable layers {what} needs ({shown}); the file has "
+                           f"weights for: {have}{', ...' if len(trained) > 5 else ''}. "
+                           "Wrong .caffemodel for this net?")
+    wrong = [f"{name} ({trained[name]} values, the net has {sizes})"
+             for name, sizes in needed.items() if trained[name] != sizes]
+    if wrong:
+        raise WeightsError(f"{path}: blobs of other sizes than the net's: "
+                           + "; ".join(wrong[:5]))

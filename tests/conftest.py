@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from liftedstruct.paths import import_caffe  # noqa: E402
+from liftedstruct.paths import import_caffe
 
 
 @pytest.fixture(scope="session")
@@ -24,12 +21,13 @@ def caffe():
 def tiny_cub(caffe, tmp_path_factory):
     """The CUB fixture prepared at 72x72 with batches of 12 (every method)."""
     from fixtures import make_cub
-    from liftedstruct.datasets import PrepareOptions, prepare
+    from liftedstruct.datasets import get_source
+    from liftedstruct.datasets.prepare import PrepareOptions, prepare
 
     root = tmp_path_factory.mktemp("tiny_cub")
     raw = make_cub(root / "raw", classes=(1, 2, 3, 4, 101, 102, 103), per_class=4)
     out = root / "lmdb"
-    prepare("cub", raw, out, PrepareOptions(
+    prepare(get_source("cub"), raw, out, PrepareOptions(
         size=72, count_check=False, workers=1, max_pairs=120,
         batch_size={"lifted": 12, "contrastive": 12, "triplet": 12}))
     return out

@@ -9,6 +9,7 @@ import subprocess
 import lmdb
 import numpy as np
 
+from liftedstruct.constants import LOSS_LINE
 from liftedstruct.paths import caffe_binary
 
 
@@ -22,7 +23,7 @@ def write_points_lmdb(caffe, path, points, labels):
 
 
 def training_losses(log: str) -> list[float]:
-    return [float(v) for v in re.findall(r"Iteration \d+.*?, loss = ([-+.\deE]+)", log)]
+    return [float(v) for _, v in LOSS_LINE.findall(log)]
 
 
 def test_lifted_net_trains_and_loss_decreases(caffe, tmp_path):
@@ -51,7 +52,7 @@ layer {{ name: "loss" type: "LiftedStructSimilaritySoftmaxLoss"
     solver.write_text(f"""net: "{net}"
 base_lr: 0.01 momentum: 0.9 lr_policy: "fixed" weight_decay: 0.0002
 max_iter: 120 display: 1 random_seed: 1 solver_mode: CPU
-snapshot_after_train: false
+snapshot: 60 snapshot_prefix: "{tmp_path / 'new' / 'folder' / 'snap'}"
 """)
     env = {**os.environ, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}
     result = subprocess.run([str(caffe_binary()), "train", f"-solver={solver}"],
@@ -62,6 +63,8 @@ snapshot_after_train: false
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert np.isfinite(losses).all()
     assert last < 0.5 * first, (first, last)
+    # Caffe made the snapshot prefix's folder itself (patch 0009).
+    assert (tmp_path / "new" / "folder" / "snap_iter_120.caffemodel").exists()
 
 
 def test_caffe_binary_and_pycaffe_know_the_layers(caffe, tmp_path):

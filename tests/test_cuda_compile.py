@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from liftedstruct.caffe_build import LAYERS_DIR, check_cuda_compile
+from cuda_compile import check_cuda_compile
+from liftedstruct.build.source import LAYERS_DIR
 
 
 def test_layers_compile_with_nvcc():

@@ -11,19 +11,22 @@ import cv2
 import numpy as np
 import pytest
 
-from fixtures import make_cars196, make_cub, make_sop
-from liftedstruct import layouts
-from liftedstruct.datasets import (
-    DatasetError,
-    PrepareOptions,
-    datum_image,
-    prepare,
-    read_datums,
-    read_lmdb_labels,
-)
+from fixtures import make_cars196, make_cub, make_sop, write_image
+from liftedstruct.datasets import get_source, layouts
+from liftedstruct.datasets.prepare import PrepareOptions
+from liftedstruct.datasets.prepare import prepare as prepare_source
+from liftedstruct.errors import DatasetError, FolderLockedError
+from liftedstruct.files import locked_folder
+from liftedstruct.images import datum_image
+from liftedstruct.lmdbio import read_datums
+from liftedstruct.lmdbio import read_labels as read_lmdb_labels
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 SMALL = {"lifted": 8, "contrastive": 8, "triplet": 6}
+
+
+def prepare(name: str, root, out: Path, opts: PrepareOptions) -> dict:
+    return prepare_source(get_source(name), root, out, opts)
 
 
 def options(**overrides) -> PrepareOptions:
@@ -175,7 +178,7 @@ def test_bad_inputs_name_the_file(tmp_path):
     (raw / "CUB_200_2011" / "images.txt").unlink()
     with pytest.raises(DatasetError, match="no images.txt"):
         prepare("cub", raw, tmp_path / "out", options())
-    with pytest.raises(DatasetError, match="no such file"):
+    with pytest.raises(DatasetError, match="--root .*missing: no such file"):
         prepare("cub", tmp_path / "missing", tmp_path / "out", options())
     broken = tmp_path / "CUB_200_2011.tgz"
     broken.write_bytes(b"\x1f\x8b\x08 truncated")
@@ -195,3 +198,79 @@ def test_cli_digits(caffe, tmp_path):
     assert manifest["outputs"]["train_lifted_lmdb"]["records"] == 1280
     assert manifest["outputs"]["train_triplet_lmdb"]["records"] == 1920
     assert "records, about" in result.stdout
+
+
+def test_rerun_after_fixing_a_bad_image(caffe, tmp_path):
+    """The resume key covers the images themselves: a fixed image is taken
+    in on the rerun, and the old bad list goes away."""
+    raw = make_cub(tmp_path / "raw", corrupt=True)
+    out = tmp_path / "out"
+    first = prepare("cub", raw, out, options(skip_bad=True, methods=("lifted",)))
+    assert first["outputs"]["train_lifted_lmdb"]["images"] == 11
+    assert (out / "bad_files_train.tsv").exists()
+    test_stamp = (out / "test_lmdb" / "data.mdb").stat().st_mtime_ns
+    bad = raw / "CUB_200_2011" / "images" / "001.Bird_1" / "Bird_1_0002.jpg"
+    write_image(bad, 99)
+    again = prepare("cub", raw, out, options(skip_bad=True, methods=("lifted",)))
+    assert again["outputs"]["train_lifted_lmdb"]["images"] == 12
+    assert again["outputs"]["train_lifted_lmdb"]["bad_images"] == 0
+    assert not (out / "bad_files_train.tsv").exists()
+    # The test split did not change: it is not rewritten.
+    assert (out / "test_lmdb" / "data.mdb").stat().st_mtime_ns == test_stamp
+
+
+def test_a_second_run_into_the_same_folder_is_refused(caffe, tmp_path):
+    raw = make_cub(tmp_path / "raw")
+    out = tmp_path / "out"
+    with locked_folder(out, "test"):
+        with pytest.raises(FolderLockedError, match="another prepare_dataset.py"):
+            prepare("cub", raw, out, options())
+    assert not (out / "manifest.json").exists()
+    prepare("cub", raw, out, options(methods=("lifted",)))  # free again
+
+
+def test_a_split_with_no_images_left(caffe, tmp_path):
+    raw = make_cub(tmp_path / "raw", classes=(1, 2, 101), per_class=2)
+    for path in (raw / "CUB_200_2011" / "images").glob("101.*/*"):
+        path.write_bytes(b"broken")
+    with pytest.raises(DatasetError, match="no image of the test split is left after "
+                                           "skipping 2 bad"):
+        prepare("cub", raw, tmp_path / "out", options(skip_bad=True))
+
+
+def test_bad_options_are_refused_before_any_work(caffe, tmp_path, monkeypatch):
+    raw = make_cub(tmp_path / "raw")
+    from liftedstruct.datasets import prepare as prepare_module
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("images decoded before the options were checked")
+
+    monkeypatch.setattr(prepare_module, "process_images", no_decoding)
+    for overrides, message in (
+            ({"size": 0}, "--size 0"),
+            ({"batch_size": {"lifted": 7, "contrastive": 8, "triplet": 6}},
+             "--batch-size 7: lifted batches hold whole pairs"),
+            ({"batch_size": {"lifted": 8, "contrastive": 8, "triplet": 8}},
+             "--triplet-batch-size 8"),
+            ({"max_pairs": -10}, "--max-pairs -10"),
+            ({"methods": ("lifted", "npair")}, "unknown npair")):
+        with pytest.raises(DatasetError, match=message):
+            prepare("cub", raw, tmp_path / "out", options(**overrides))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    with pytest.raises(DatasetError, match="--out .*a_file/sub: cannot write there"):
+        prepare("cub", raw, blocker / "sub", options())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "--batch-size: 0: must be at least 1"),
+    (["--size", "0"], "--size: 0: must be at least 1"),
+    (["--max-pairs", "-10"], "--max-pairs: -10: must be at least 1"),
+    (["--batch-size", "7"], "--batch-size 7"),
+])
+def test_cli_refuses_bad_numbers(tmp_path, args, message):
+    result = subprocess.run([sys.executable, str(TOOLS / "prepare_dataset.py"), "digits",
+                             "--out", str(tmp_path / "out"), *args],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

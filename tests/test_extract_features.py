@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from liftedstruct import features
-from liftedstruct.datasets import read_lmdb_labels
+from liftedstruct.errors import ExtractionError
+from liftedstruct.lmdbio import read_labels as read_lmdb_labels
 from liftedstruct.paths import REPO_ROOT
 
 TOOLS = REPO_ROOT / "tools"
@@ -74,27 +75,123 @@ def test_lmdb_extraction_matches_manual_forward(caffe, tiny_cub, tiny_net, tmp_p
                                net.blobs["fc_embedding"].data[0], rtol=1e-5, atol=1e-7)
 
 
-def test_resume_uses_finished_chunks(caffe, tiny_cub, tiny_net, tmp_path, monkeypatch):
+class CutOff(Exception):
+    pass
+
+
+def interrupted(source, after: int):
+    """The source, failing once `after` images have been read."""
+    class Cut:
+        def __len__(self):
+            return len(source)
+
+        def identity(self):
+            return source.identity()
+
+        def read(self, start):
+            for count, item in enumerate(source.read(start), start=start):
+                if count >= after:
+                    raise CutOff
+                yield item
+    return Cut()
+
+
+def test_resume_only_with_the_same_weights(caffe, tiny_cub, tiny_net, tmp_path,
+                                           monkeypatch):
     deploy, weights = tiny_net
     from caffe.proto import caffe_pb2
 
     monkeypatch.setattr(features, "CHUNK", 4)
-    net = caffe.Net(str(deploy), str(weights), caffe.TEST)
     source = features.LmdbSource(tiny_cub / "test_lmdb", caffe_pb2)
     transform = features.Transform(crop=64)
-    full = features.extract(net, source, ["fc_embedding"], transform, tmp_path / "a.npz")
-    reference = np.load(full)["features"]
-    # A run cut off after its first chunk: that chunk is kept and reused.
+
+    def run(weights_path, out, src=source):
+        net = caffe.Net(str(deploy), str(weights_path), caffe.TEST)
+        key = features.run_key(weights_path, deploy, source, ["fc_embedding"], transform)
+        return features.extract(net, src, ["fc_embedding"], transform, out, key)
+
+    reference = np.load(run(weights, tmp_path / "a.npz"))["features"]
+    # Cut off after the first chunk: that chunk is kept, with its key.
+    out = tmp_path / "b.npz"
+    with pytest.raises(CutOff):
+        run(weights, out, interrupted(source, 5))
     parts = tmp_path / "b.npz.parts"
-    parts.mkdir()
-    marker = np.full((4, 8), 7.0, dtype=np.float32)
-    np.savez(parts / "chunk_000000000.npz", ids=np.array(["a"] * 4),
-             labels=np.zeros(4, int), features_fc_embedding=marker)
-    resumed = np.load(features.extract(net, source, ["fc_embedding"], transform,
-                                       tmp_path / "b.npz"))["features"]
-    np.testing.assert_array_equal(resumed[:4], marker)
+    assert sorted(p.name for p in parts.iterdir()) == ["chunk_000000000.npz", "key.json"]
+    # Mark the kept chunk: a resume with the same weights reuses it.
+    kept = dict(np.load(parts / "chunk_000000000.npz"))
+    kept["features_fc_embedding"] = np.full_like(kept["features_fc_embedding"], 7.0)
+    np.savez(parts / "chunk_000000000.npz", **kept)
+    with pytest.raises(CutOff):
+        run(weights, out, interrupted(source, 9))
+    resumed = np.load(run(weights, out))["features"]
+    np.testing.assert_array_equal(resumed[:4], 7.0)
     np.testing.assert_array_equal(resumed[4:], reference[4:])
     assert not parts.exists()
+    # Cut off again, then resumed with other weights: nothing of the first
+    # model survives (the issue: rows 0-1023 came from the first model).
+    caffe.set_random_seed(11)
+    other = tmp_path / "other.caffemodel"
+    caffe.Net(str(deploy), caffe.TEST).save(str(other))
+    with pytest.raises(CutOff):
+        run(weights, tmp_path / "c.npz", interrupted(source, 5))
+    mixed = np.load(run(other, tmp_path / "c.npz"))["features"]
+    np.testing.assert_array_equal(mixed, np.load(run(other, tmp_path / "d.npz"))["features"])
+    assert not np.allclose(mixed[:4], reference[:4])
+
+
+def run_cli_ok(*args):
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_weights_that_do_not_fit_are_refused(caffe, tiny_cub, tiny_net, tmp_path):
+    deploy, _ = tiny_net
+    empty = tmp_path / "empty.caffemodel"
+    empty.write_bytes(b"")
+    other_net = tmp_path / "other.prototxt"
+    other_net.write_text(TINY_DEPLOY.replace('"conv"', '"other_conv"').replace(
+        '"fc_embedding"', '"other_fc"'))
+    unrelated = tmp_path / "unrelated.caffemodel"
+    caffe.Net(str(other_net), caffe.TEST).save(str(unrelated))
+    for model, message in ((empty, "empty file"),
+                           (unrelated, "no weights for 2 of the 2 learnable layers")):
+        out = tmp_path / f"{model.stem}.npz"
+        result = run_cli("--deploy", str(deploy), "--weights", str(model), "--lmdb",
+                         str(tiny_cub / "test_lmdb"), "--out", str(out))
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "conv" in result.stderr or model == empty
+        assert not out.exists() and not out.with_name(out.name + ".parts").exists()
+
+
+def test_a_crop_much_smaller_than_the_images_is_refused(caffe, tiny_cub, tmp_path):
+    deploy = tmp_path / "small.prototxt"
+    deploy.write_text(TINY_DEPLOY.replace("dim: 64 dim: 64", "dim: 28 dim: 28"))
+    weights = tmp_path / "small.caffemodel"
+    caffe.Net(str(deploy), caffe.TEST).save(str(weights))
+    out = tmp_path / "f.npz"
+    refused = run_cli("--deploy", str(deploy), "--weights", str(weights), "--lmdb",
+                      str(tiny_cub / "test_lmdb"), "--out", str(out))
+    assert refused.returncode == 2
+    assert "28x28 inputs but the images are 72x72" in refused.stderr
+    assert "--crop 28" in refused.stderr
+    assert not out.exists() and not (tmp_path / "f.npz.parts").exists()
+    run_cli_ok("--deploy", str(deploy), "--weights", str(weights), "--lmdb",
+               str(tiny_cub / "test_lmdb"), "--out", str(out), "--crop", "28")
+    assert np.load(out)["features"].shape[1] == 8
+
+
+def test_check_crop_accepts_the_papers_crop():
+    class Source:
+        def __len__(self):
+            return 1
+
+        def read(self, start):
+            yield "0", 0, np.zeros((256, 256, 3), np.uint8)
+
+    features.check_crop(Source(), features.Transform(crop=227), allow_small=False)
+    with pytest.raises(ExtractionError, match="centre 128x128"):
+        features.check_crop(Source(), features.Transform(crop=128), allow_small=False)
 
 
 def test_image_list_and_bad_inputs(caffe, tiny_net, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from liftedstruct import metrics
-from liftedstruct.metrics import ScoringError
+from liftedstruct.errors import ScoringError
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
@@ -131,7 +131,9 @@ def test_affinity_propagation_refuses_when_too_large():
 
 def test_score_on_separable_blobs_is_perfect():
     x, y = make_blobs(n_samples=200, centers=5, cluster_std=0.2, random_state=0)
-    result = metrics.score(x, y, [1, 2, 4]).to_json()
+    # k-means++ (scikit-learn) finds separable blobs; faiss's random start
+    # (the default, as pytorch-metric-learning) may merge two of them.
+    result = metrics.score(x, y, [1, 2, 4], kmeans="sklearn").to_json()
     for key in ("recall@1", "recall@4", "nmi", "f1", "map@r", "r_precision"):
         assert result[key] == pytest.approx(1.0), key
     assert result["n"] == 200 and result["classes"] == 5
@@ -142,7 +144,9 @@ def test_score_on_separable_blobs_is_perfect():
     (np.array([[0.0, np.inf], [1, 1], [2, 2]]), np.array([0, 1, 1]), [1], "NaN or inf"),
     (np.zeros((4, 2)), np.array([0, 1, 1]), [1], "3 labels for 4 features"),
     (np.zeros((4, 2)), np.zeros(4), [1], "single class"),
-    (np.zeros((0, 2)), np.zeros(0), [1], "empty"),
+    (np.zeros((0, 2)), np.zeros(0), [1], "is empty"),
+    (np.array([["a", "b"], ["c", "d"]]), np.array([0, 1]), [1], "dtype <U1; expected numbers"),
+    (np.zeros((3, 2)), np.array([0.0, np.nan, 1.0]), [1], "1 label.* NaN"),
     (np.random.default_rng(0).normal(size=(5, 2)), np.array([0, 0, 1, 1, 1]), [5],
      "larger than N - 1"),
 ])
@@ -180,3 +184,84 @@ def test_faiss_backend_gives_the_same_neighbours():
     ours = metrics.score(x, y, [1, 4]).to_json()
     theirs = metrics.score(x, y, [1, 4], backend="faiss").to_json()
     assert ours["recall@1"] == theirs["recall@1"] and ours["map@r"] == theirs["map@r"]
+
+
+def evaluate(*args):
+    return subprocess.run([sys.executable, str(TOOLS / "evaluate.py"), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_evaluate_cli_bad_files_get_clear_messages(tmp_path):
+    x, y = make_blobs(n_samples=30, centers=3, random_state=1)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.save(tmp_path / "array.npy", x)
+    np.savez(tmp_path / "objects.npz", features=np.array([object()] * 30), labels=y)
+    np.savez(tmp_path / "strings.npz", features=np.array([["a"]] * 30), labels=y)
+    np.savez(tmp_path / "nan_labels.npz", features=x, labels=np.where(y == 1, np.nan, y))
+    np.savez(tmp_path / "nolabels.npz", features=x)
+    cases = {
+        "empty.npz": "not a readable .npz",
+        "array.npy": "a single array (.npy), not an .npz",
+        "objects.npz": "holds Python objects",
+        "strings.npz": "expected numbers",
+        "nan_labels.npz": "label(s) are NaN",
+        "nolabels.npz": "no array 'labels'",
+        "missing.npz": "no such file",
+    }
+    for name, message in cases.items():
+        result = evaluate(tmp_path / name)
+        assert result.returncode == 2, (name, result.stderr)
+        assert message in result.stderr, (name, result.stderr)
+        assert "Traceback" not in result.stderr, name
+
+
+def test_evaluate_cli_writes_json_into_a_new_folder(tmp_path):
+    x, y = make_blobs(n_samples=40, centers=4, random_state=2)
+    np.savez(tmp_path / "f.npz", features=x, labels=y)
+    out = tmp_path / "new" / "folder" / "scores.json"
+    result = evaluate(tmp_path / "f.npz", "--k", "1", "--json", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["clustering"] == "kmeans-faiss"
+
+
+def test_scores_do_not_depend_on_a_common_scale(tmp_path):
+    """float64 features far beyond float32's range (or far below its
+    smallest normal) score as the same features at ordinary scale."""
+    x, y = make_blobs(n_samples=60, centers=3, cluster_std=2.0, random_state=3)
+    ordinary = metrics.score(x, y, [1, 2]).to_json()
+    for scale in (1e60, 1e-60):
+        scaled = metrics.score(x * scale, y, [1, 2]).to_json()
+        for key in ("recall@1", "recall@2", "map@r", "nmi"):
+            assert scaled[key] == pytest.approx(ordinary[key]), (scale, key)
+    np.savez(tmp_path / "huge.npz", features=x * 1e60, labels=y)
+    result = evaluate(tmp_path / "huge.npz", "--k", "1")
+    assert result.returncode == 0 and "NaN or inf" not in result.stderr, result.stderr
+
+
+def test_kmeans_backend_is_explicit_and_recorded():
+    x, y = make_blobs(n_samples=90, centers=3, cluster_std=0.3, random_state=4)
+    for backend in metrics.KMEANS_BACKENDS:
+        result = metrics.score(x, y, [1], kmeans=backend).to_json()
+        assert result["clustering"] == f"kmeans-{backend}"
+        assert result["nmi"] > 0.5
+        again = metrics.score(x, y, [1], kmeans=backend).to_json()
+        assert again["nmi"] == result["nmi"]  # seeded
+    with pytest.raises(ScoringError, match="k-means backend 'other'"):
+        metrics.score(x, y, [1], kmeans="other")
+
+
+def test_scoring_an_npz_needs_neither_opencv_nor_lmdb_nor_caffe(tmp_path):
+    x, y = make_blobs(n_samples=40, centers=4, random_state=5)
+    np.savez(tmp_path / "f.npz", features=x, labels=y)
+    probe = (
+        "import sys, runpy\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('cv2', 'lmdb', 'caffe'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.argv = ['evaluate.py', '{tmp_path / 'f.npz'}', '--k', '1']\n"
+        f"runpy.run_path('{TOOLS / 'evaluate.py'}', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "recall@1" in result.stdout

@@ -1,90 +1,141 @@
-"""The generated nets and solvers: current, parseable, the paper's settings,
-and trainable with `caffe train` on CPU at a reduced input size."""
+"""The nets and solvers: the committed set is the template's, every one of
+the paper's configurations has the paper's settings, and `caffe train` runs
+them (the README's own command included) on CPU."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from liftedstruct import prototxt
+from liftedstruct.constants import (
+    EMBEDDINGS,
+    HEADLINE_EMBEDDING,
+    LOSS_LINE,
+    METHODS,
+    PAPER_DATASETS,
+)
+from liftedstruct.nets import zoo
+from liftedstruct.nets.derive import RunNet
 from liftedstruct.paths import REPO_ROOT, caffe_binary
 
 PROTOTXT = REPO_ROOT / "prototxt"
 GLOG = {**os.environ, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}
+MAKE = [sys.executable, str(REPO_ROOT / "tools" / "make_prototxt.py")]
 
 
-def parse(caffe, path: Path, message: str):
+def parse(text: str, message: str):
     from caffe.proto import caffe_pb2
 
     proto = getattr(caffe_pb2, message)()
-    text_format.Merge(path.read_text(), proto)
+    text_format.Merge(text, proto)
     return proto
 
 
-def test_regenerating_changes_nothing():
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "make_prototxt.py"),
-                             "--check"], capture_output=True, text=True)
+def test_committed_files_are_the_templates(tmp_path):
+    result = subprocess.run([*MAKE, "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    # The check notices an edit and a stray file.
+    copy = tmp_path / "prototxt"
+    shutil.copytree(PROTOTXT, copy)
+    (copy / "cub" / "train_val.prototxt").write_text("name: 'edited'\n")
+    (copy / "extra.prototxt").write_text("name: 'stray'\n")
+    problems = zoo.check_committed(copy)
+    assert any("differs" in p and "cub/train_val" in p for p in problems)
+    assert any("not generated" in p and "extra.prototxt" in p for p in problems)
 
 
-@pytest.mark.parametrize("dataset", prototxt.DATASETS)
-def test_paper_settings_read_back(caffe, dataset):
-    for method in prototxt.METHODS:
-        for embedding in prototxt.EMBEDDINGS:
-            folder = PROTOTXT / dataset / f"{method}_{embedding}"
-            net = parse(caffe, folder / "train_val.prototxt", "NetParameter")
-            layers = {layer.name: layer for layer in net.layer}
-            data = [layer for layer in net.layer if layer.type == "Data"]
-            train, test = sorted(data, key=lambda layer: layer.include[0].phase)
-            assert train.data_param.batch_size == (120 if method == "triplet" else 128)
-            assert train.transform_param.crop_size == test.transform_param.crop_size == 227
-            assert train.transform_param.mirror and not test.transform_param.mirror
-            assert list(train.transform_param.mean_value) == [104, 117, 123]
-            assert train.data_param.source == f"data/lmdb/{dataset}/train_{method}_lmdb"
-            pool5 = layers["pool5/7x7_s1"].pooling_param
-            assert pool5.kernel_size == 7 and pool5.stride == 1 and pool5.pool == 1  # AVE
-            assert layers["pool5/drop_7x7_s1"].dropout_param.dropout_ratio == pytest.approx(0.4)
-            fc = layers["fc_embedding"]
-            assert fc.inner_product_param.num_output == embedding
-            assert fc.inner_product_param.weight_filler.type == "xavier"
-            assert [p.lr_mult for p in fc.param] == [10, 20]
-            assert not any(name.startswith(("loss1", "loss2")) for name in layers)
-            loss = layers["loss"]
-            expected_type = {"lifted": "LiftedStructSimilaritySoftmaxLoss",
-                             "contrastive": "ContrastiveLoss", "triplet": "TripletLoss"}
-            assert loss.type == expected_type[method]
-            if method == "lifted":
-                assert loss.lifted_struct_sim_softmax_loss_param.margin == 1.0
-            solver = parse(caffe, folder / "solver.prototxt", "SolverParameter")
-            assert (solver.base_lr, solver.lr_policy, solver.gamma, solver.stepsize) == (
-                pytest.approx(1e-4), "step", pytest.approx(0.96), 32000)
-            assert (solver.momentum, solver.weight_decay) == (
-                pytest.approx(0.9), pytest.approx(2e-4))
-            assert (solver.max_iter, solver.snapshot) == (20000, 10000)
-            assert solver.solver_mode == 1 and not solver.test_initialization  # GPU
-            assert solver.snapshot_prefix.startswith(f"snapshots/{dataset}/")
-    headline = parse(caffe, PROTOTXT / f"solver_{dataset}.prototxt", "SolverParameter")
-    size = prototxt.HEADLINE_EMBEDDING[dataset]
-    assert headline.net == f"prototxt/{dataset}/lifted_{size}/train_val.prototxt"
+def check_paper_settings(dataset, method, embedding, net, solver):
+    layers = {layer.name: layer for layer in net.layer}
+    data = [layer for layer in net.layer if layer.type == "Data"]
+    train, test = sorted(data, key=lambda layer: layer.include[0].phase)
+    assert train.data_param.batch_size == (120 if method == "triplet" else 128)
+    assert train.transform_param.crop_size == test.transform_param.crop_size == 227
+    assert train.transform_param.mirror and not test.transform_param.mirror
+    assert list(train.transform_param.mean_value) == [104, 117, 123]
+    assert train.data_param.source == f"data/lmdb/{dataset}/train_{method}_lmdb"
+    assert test.data_param.source == f"data/lmdb/{dataset}/test_lmdb"
+    pool5 = layers["pool5/7x7_s1"].pooling_param
+    assert pool5.kernel_size == 7 and pool5.stride == 1 and pool5.pool == 1  # AVE
+    assert layers["pool5/drop_7x7_s1"].dropout_param.dropout_ratio == pytest.approx(0.4)
+    fc = layers["fc_embedding"]
+    assert fc.inner_product_param.num_output == embedding
+    assert fc.inner_product_param.weight_filler.type == "xavier"
+    assert [p.lr_mult for p in fc.param] == [10, 20]
+    assert not any(name.startswith(("loss1", "loss2")) for name in layers)
+    loss = layers["loss"]
+    expected_type = {"lifted": "LiftedStructSimilaritySoftmaxLoss",
+                     "contrastive": "ContrastiveLoss", "triplet": "TripletLoss"}
+    assert loss.type == expected_type[method]
+    if method == "lifted":
+        assert loss.lifted_struct_sim_softmax_loss_param.margin == 1.0
+    if method == "contrastive":
+        assert layers["slice_embedding"].slice_param.slice_point == [64]
+    assert (solver.base_lr, solver.lr_policy, solver.gamma, solver.stepsize) == (
+        pytest.approx(1e-4), "step", pytest.approx(0.96), 32000)
+    assert (solver.momentum, solver.weight_decay) == (pytest.approx(0.9), pytest.approx(2e-4))
+    assert (solver.max_iter, solver.snapshot) == (20000, 10000)
+    assert solver.solver_mode == 1 and not solver.test_initialization  # GPU
+    assert solver.snapshot_prefix == (f"snapshots/{dataset}/{method}_{embedding}/"
+                                      f"{dataset}_{method}_{embedding}")
+
+
+@pytest.mark.parametrize("dataset", PAPER_DATASETS)
+def test_every_configuration_has_the_papers_settings(caffe, dataset):
+    for method in METHODS:
+        for embedding in EMBEDDINGS:
+            files = zoo.net_files(dataset, method, embedding, "out")
+            check_paper_settings(dataset, method, embedding,
+                                 parse(files["train_val.prototxt"], "NetParameter"),
+                                 parse(files["solver.prototxt"], "SolverParameter"))
+    size = HEADLINE_EMBEDDING[dataset]
+    committed = parse((PROTOTXT / f"solver_{dataset}.prototxt").read_text(), "SolverParameter")
+    assert committed.net == f"prototxt/{dataset}/train_val.prototxt"
+    check_paper_settings(dataset, "lifted", size,
+                         parse((PROTOTXT / dataset / "train_val.prototxt").read_text(),
+                               "NetParameter"), committed)
+
+
+def test_make_prototxt_writes_one_configuration(caffe, tmp_path):
+    out = tmp_path / "cars_triplet_256"
+    result = subprocess.run([*MAKE, "--dataset", "cars196", "--method", "triplet",
+                             "--embedding", "256", "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "deploy.prototxt", "solver.prototxt", "train_val.prototxt"]
+    solver = parse((out / "solver.prototxt").read_text(), "SolverParameter")
+    assert solver.net == f"{out}/train_val.prototxt"
+    check_paper_settings("cars196", "triplet", 256,
+                         parse((out / "train_val.prototxt").read_text(), "NetParameter"),
+                         solver)
+    caffe.Net(str(out / "deploy.prototxt"), caffe.TEST)
+    bad = subprocess.run([*MAKE, "--dataset", "cub", "--method", "lifted", "--out",
+                          str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "go together" in bad.stderr
 
 
 def test_deploy_nets_build_and_output_both_blobs(caffe):
-    for path in sorted(PROTOTXT.rglob("deploy.prototxt")):
+    deploys = sorted(PROTOTXT.rglob("deploy*.prototxt")) + sorted(
+        (PROTOTXT / "deploy").glob("*.prototxt"))
+    assert len(deploys) == len(EMBEDDINGS) + 1
+    for path in deploys:
         net = caffe.Net(str(path), caffe.TEST)
         assert "fc_embedding" in net.blobs, path
         if "demo" not in path.parts:
             assert net.blobs["pool5/7x7_s1"].data.shape[1:] == (1024, 1, 1), path
+            size = int(path.stem.split("_")[1])
+            assert net.blobs["fc_embedding"].data.shape[1] == size
 
 
-def bvlc_googlenet_random(caffe, deploy: Path, tmp_path) -> Path:
+def random_googlenet(caffe, deploy: Path, tmp_path) -> Path:
     """A randomly initialised GoogLeNet saved under the BVLC layer names
     (BVLC's own deploy net, its fillers drawing the weights)."""
     caffe.set_random_seed(0)
@@ -95,9 +146,9 @@ def bvlc_googlenet_random(caffe, deploy: Path, tmp_path) -> Path:
 
 
 def test_finetuning_copies_every_googlenet_layer(caffe, bvlc_googlenet_deploy, tmp_path):
-    weights = bvlc_googlenet_random(caffe, bvlc_googlenet_deploy, tmp_path)
+    weights = random_googlenet(caffe, bvlc_googlenet_deploy, tmp_path)
     source = caffe.Net(str(bvlc_googlenet_deploy), str(weights), caffe.TEST)
-    ours = caffe.Net(str(PROTOTXT / "cub" / "lifted_64" / "deploy.prototxt"), caffe.TEST)
+    ours = caffe.Net(str(PROTOTXT / "deploy" / "embedding_64.prototxt"), caffe.TEST)
     before = ours.params["fc_embedding"][0].data.copy()
     ours.copy_from(str(weights))
     trunk = [name for name in ours.params if name != "fc_embedding"]
@@ -108,49 +159,60 @@ def test_finetuning_copies_every_googlenet_layer(caffe, bvlc_googlenet_deploy, t
     np.testing.assert_array_equal(ours.params["fc_embedding"][0].data, before)
 
 
-def reduced(method: str, lmdb: Path) -> prototxt.NetConfig:
-    config = prototxt.paper_config("cub", method, 64)
-    return replace(config, crop=64, batch=12, pool5_global=True,
-                   train_source=str(lmdb / f"train_{method}_lmdb"),
-                   test_source=str(lmdb / "test_lmdb"))
-
-
-@pytest.mark.parametrize("method", prototxt.METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_caffe_train_each_method_reduced(caffe, tiny_cub, bvlc_googlenet_deploy, tmp_path,
                                          method):
-    net = tmp_path / "train_val.prototxt"
-    net.write_text(prototxt.train_val(reduced(method, tiny_cub)))
-    solver = tmp_path / "solver.prototxt"
-    solver.write_text(prototxt.solver(prototxt.SolverConfig(
-        net=str(net), snapshot_prefix=str(tmp_path / "snap"), max_iter=3, snapshot=3,
-        display=1, solver_mode="CPU", random_seed=1)))
-    weights = bvlc_googlenet_random(caffe, bvlc_googlenet_deploy, tmp_path)
-    result = subprocess.run([str(caffe_binary()), "train", f"-solver={solver}",
+    """A run's derived nets (crop 64, batch 12) train and snapshot."""
+    net = RunNet(dataset="cub", method=method, embedding=64, data_dir=tiny_cub,
+                 folder=tmp_path / "train", seed=1, iterations=3, crop=64, batch=12)
+    paths = net.write()
+    weights = random_googlenet(caffe, bvlc_googlenet_deploy, tmp_path)
+    result = subprocess.run([str(caffe_binary()), "train", f"-solver={paths['solver']}",
                              f"-weights={weights}"], capture_output=True, text=True,
                             env=GLOG, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    losses = [float(v) for v in re.findall(r"Iteration \d+.*?, loss = ([-+.\deE]+)",
-                                           result.stderr)]
+    losses = [float(v) for _, v in LOSS_LINE.findall(result.stderr)]
     assert len(losses) >= 3 and np.isfinite(losses).all()
-    assert (tmp_path / "snap_iter_3.caffemodel").exists()
+    assert net.final_snapshot.exists()
 
 
-def test_caffe_time_full_googlenet_lifted(caffe, tmp_path):
-    """One forward-backward of the paper's net (batch 128, 227 crops) on CPU."""
+def test_readme_training_command_in_a_fresh_clone(caffe, bvlc_googlenet_deploy, tmp_path):
+    """`caffe train -solver prototxt/solver_cub.prototxt` as the README says,
+    from a checkout without snapshots/, with the caffe that setup links into
+    .venv/bin, on this CPU build: the committed GPU solver trains on the CPU
+    and snapshots into the folder it names. Only max_iter is lowered (and the
+    snapshot with it), in a copy; the net is the committed one at full size."""
+    caffe_program = REPO_ROOT / ".venv" / "bin" / "caffe"
+    assert caffe_program.is_symlink() and os.access(caffe_program, os.X_OK), \
+        "tools/setup.sh links Caffe's programs into .venv/bin"
     from fixtures import make_cub
-    from liftedstruct.datasets import PrepareOptions, prepare
+    from liftedstruct.datasets import get_source
+    from liftedstruct.datasets.prepare import PrepareOptions, prepare
 
+    clone = tmp_path / "clone"
+    (clone / "prototxt").mkdir(parents=True)
+    (clone / "prototxt" / "cub").symlink_to(PROTOTXT / "cub")
+    solver = (PROTOTXT / "solver_cub.prototxt").read_text()
+    solver = re.sub(r"max_iter: \d+", "max_iter: 1", solver)
+    solver = re.sub(r"snapshot: \d+", "snapshot: 1", solver)
+    (clone / "prototxt" / "solver_cub.prototxt").write_text(solver)
     raw = make_cub(tmp_path / "raw", classes=(1, 2, 3, 4, 101), per_class=8)
-    prepare("cub", raw, tmp_path / "lmdb", PrepareOptions(
+    prepare(get_source("cub"), raw, clone / "data" / "lmdb" / "cub", PrepareOptions(
         count_check=False, methods=("lifted",), workers=1))
-    config = replace(prototxt.paper_config("cub", "lifted", 64),
-                     train_source=str(tmp_path / "lmdb" / "train_lifted_lmdb"),
-                     test_source=str(tmp_path / "lmdb" / "test_lmdb"))
-    net = tmp_path / "train_val.prototxt"
-    net.write_text(prototxt.train_val(config))
-    result = subprocess.run([str(caffe_binary()), "time", f"-model={net}",
-                             "-iterations=1"], capture_output=True, text=True, env=GLOG,
-                            timeout=900)
+    weights = random_googlenet(caffe, bvlc_googlenet_deploy, tmp_path)
+    result = subprocess.run([str(caffe_program), "train",
+                             "-solver", "prototxt/solver_cub.prototxt", "-weights",
+                             str(weights)], cwd=clone, capture_output=True, text=True,
+                            env=GLOG, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    match = re.search(r"Average Forward-Backward: ([\d.]+) ms", result.stderr)
-    assert match and float(match.group(1)) > 0
+    assert "CPU-only build: training on the CPU" in result.stderr
+    size = HEADLINE_EMBEDDING["cub"]
+    assert (clone / "snapshots" / "cub" / f"lifted_{size}" /
+            f"cub_lifted_{size}_iter_1.caffemodel").exists()
+    losses = [float(v) for _, v in LOSS_LINE.findall(result.stderr)]
+    assert losses and np.isfinite(losses).all()
+    # An explicit -gpu on a CPU build still fails loudly.
+    gpu = subprocess.run([str(caffe_program), "train", "-solver",
+                          "prototxt/solver_cub.prototxt", "-gpu", "0"], cwd=clone,
+                         capture_output=True, text=True, env=GLOG, timeout=300)
+    assert gpu.returncode != 0 and "CPU-only" in gpu.stderr

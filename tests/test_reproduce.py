@@ -1,5 +1,6 @@
-"""tools/reproduce.py end to end: a shortened digits run and a CUB-fixture
-run with a random GoogLeNet at reduced input size."""
+"""tools/reproduce.py end to end: a shortened digits run (resume, refusal of
+other settings), a CUB-fixture run with a random GoogLeNet at reduced input
+size, and starts that must fail without leaving anything behind."""
 
 from __future__ import annotations
 
@@ -11,36 +12,47 @@ import numpy as np
 import pytest
 
 from fixtures import make_cub
+from liftedstruct.constants import HEADLINE_EMBEDDING
+from liftedstruct.errors import PipelineError, WeightsError
 from liftedstruct.paths import REPO_ROOT
-from liftedstruct.pipeline import Pipeline, PipelineError, RunConfig, training_losses
+from liftedstruct.pipeline import Pipeline, RunConfig
+from liftedstruct.training import training_losses
 
 TOOLS = REPO_ROOT / "tools"
-METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r")
+RECALL = {"digits": ("recall@1", "recall@2", "recall@4", "recall@8"),
+          "cub": ("recall@1", "recall@2", "recall@4", "recall@8")}
+OTHER = ("nmi", "f1", "map@r", "r_precision")
 
 
-def check_results(out, names):
+def check_results(out, names, dataset):
+    """Every method's scores hold every metric, each in [0, 1]."""
     results = json.loads((out / "results.json").read_text())
     assert set(results) == set(names)
-    for scores in results.values():
-        for key in METRIC_KEYS:
-            if key in scores:
-                assert 0.0 <= scores[key] <= 1.0, (key, scores[key])
+    for name, scores in results.items():
+        for key in RECALL[dataset] + OTHER:
+            assert key in scores, (name, key)
+            assert 0.0 <= scores[key] <= 1.0, (name, key, scores[key])
+        assert scores["clustering"] == "kmeans-faiss"
     return results
+
+
+def reproduce(*args, timeout=900):
+    return subprocess.run([sys.executable, str(TOOLS / "reproduce.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     out = tmp_path / "digits"
-    cmd = [sys.executable, str(TOOLS / "reproduce.py"), "--out", str(out),
-           "--iterations", "40", "--max-pairs", "3000"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    args = ["--dataset", "digits", "--out", out, "--iterations", "40", "--max-pairs", "3000"]
+    result = reproduce(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    results = check_results(out, ["lifted", "contrastive", "triplet", "raw"])
+    results = check_results(out, ["lifted", "contrastive", "triplet", "raw"], "digits")
     assert results["raw"]["n"] == 896 and results["raw"]["classes"] == 5
     for name in ("lifted", "contrastive", "triplet", "raw"):
         assert (out / "features" / f"{name}.npz").exists()
         assert (out / "scores" / f"{name}.json").exists()
     for figure in ("recall_at_k.png", "tsne_lifted.png", "retrieval_lifted.png",
-                   "report.md", "report.json"):
+                   "retrieval_raw.png", "report.md", "report.json"):
         assert (out / "report" / figure).stat().st_size > 0
     losses = [loss for _, loss in training_losses(out / "logs" / "train_lifted.log")]
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
@@ -54,16 +66,15 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     for path in list(train.glob("snap_iter_30.*")) + list(train.glob("snap_iter_40.*")):
         path.unlink()
     (out / "features" / "lifted.npz").unlink()
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    again = reproduce(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "lifted: resuming from snap_iter_20.solverstate" in again.stdout
     assert "contrastive: trained earlier" in again.stdout
     assert (train / "snap_iter_40.caffemodel").exists()
-    check_results(out, ["lifted", "contrastive", "triplet", "raw"])
+    check_results(out, ["lifted", "contrastive", "triplet", "raw"], "digits")
 
     # Other settings into the same folder: refused, nothing overwritten.
-    other = subprocess.run(cmd[:-2] + ["--max-pairs", "2000"], capture_output=True,
-                           text=True)
+    other = reproduce(*args[:-2], "--max-pairs", "2000")
     assert other.returncode == 2 and "other settings" in other.stderr
 
 
@@ -75,30 +86,59 @@ def test_cub_fixture_random_googlenet_all_stages(caffe, bvlc_googlenet_deploy, t
     config = RunConfig(dataset="cub", out=tmp_path / "cub", root=raw, weights=weights,
                        iterations=2, image_size=72, crop=64, batch=12,
                        count_check=False, max_pairs=120)
-    results = Pipeline(config).run()
-    assert set(results) == {"lifted", "contrastive", "triplet", "pool5"}
+    Pipeline(config).run()
+    check_results(tmp_path / "cub", ["lifted", "contrastive", "triplet", "pool5"], "cub")
     pool5 = np.load(tmp_path / "cub" / "features" / "pool5.npz")["features"]
     assert pool5.shape == (15, 1024)
     lifted = np.load(tmp_path / "cub" / "features" / "lifted.npz")["features"]
-    assert lifted.shape == (15, 64)
+    assert lifted.shape == (15, HEADLINE_EMBEDDING["cub"])
     assert (tmp_path / "cub" / "report" / "recall_at_k.png").exists()
-
-
-def test_real_dataset_without_data_or_weights_says_what_to_get(caffe, tmp_path):
-    with pytest.raises(PipelineError, match="CUB_200_2011.tgz"):
-        Pipeline(RunConfig(dataset="cub", out=tmp_path / "a")).run()
-    raw = make_cub(tmp_path / "raw", classes=(1, 2, 101), per_class=8)
-    config = RunConfig(dataset="cub", out=tmp_path / "b", root=raw,
-                       weights=tmp_path / "missing.caffemodel", image_size=72, crop=64,
-                       batch=12, count_check=False, methods=("lifted",), max_pairs=60)
-    with pytest.raises(PipelineError, match="fetch_weights.py"):
+    # The same folder with other weights (same path, new content): refused.
+    caffe.set_random_seed(1)
+    caffe.Net(str(bvlc_googlenet_deploy), caffe.TEST).save(str(weights))
+    with pytest.raises(PipelineError, match="other settings or weights"):
         Pipeline(config).run()
 
 
+def test_failed_starts_leave_nothing_behind(caffe, tmp_path):
+    """Missing data, missing or unfitting weights, bad numbers: refused before
+    any file is written, so the corrected rerun is not taken for another run."""
+    out = tmp_path / "run"
+    result = reproduce("--dataset", "cub", "--out", out)
+    assert result.returncode == 2 and "CUB_200_2011.tgz" in result.stderr
+    assert not out.exists()
+    raw = make_cub(tmp_path / "raw", classes=(1, 2, 101), per_class=8)
+    common = ["--dataset", "cub", "--out", out, "--root", raw, "--image-size", "72",
+              "--crop", "64", "--batch", "12", "--no-count-check", "--methods", "lifted",
+              "--max-pairs", "60"]
+    missing = reproduce(*common, "--weights", tmp_path / "missing.caffemodel")
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    unrelated = tmp_path / "unrelated.caffemodel"
+    net = tmp_path / "other.prototxt"
+    net.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape '
+                   '{ dim: 1 dim: 3 } } }\nlayer { name: "ip" type: "InnerProduct" '
+                   'bottom: "data" top: "ip" inner_product_param { num_output: 2 } }\n')
+    caffe.Net(str(net), caffe.TEST).save(str(unrelated))
+    wrong = reproduce(*common, "--weights", unrelated)
+    assert wrong.returncode == 2 and "no weights for 57 of the 57" in wrong.stderr
+    assert "conv1/7x7_s2" in wrong.stderr
+    for bad, message in ((["--iterations", "0"], "--iterations 0: must be at least 1"),
+                         (["--iterations", "-5"], "--iterations -5: must be at least 1"),
+                         (["--batch", "8"], "--batch 8: must divide by 2")):
+        refused = reproduce(*common, *bad)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    assert not out.exists()
+    with pytest.raises(PipelineError, match="fetch_weights.py"):
+        Pipeline(RunConfig(dataset="cub", out=out, root=raw,
+                           weights=None, image_size=72, crop=64, batch=12,
+                           count_check=False, methods=("lifted",), max_pairs=60))
+    with pytest.raises(WeightsError):
+        Pipeline(RunConfig(dataset="cub", out=out, root=raw, weights=unrelated))
+    assert not out.exists()
+
+
 def test_unknown_method_or_size_is_refused(tmp_path):
-    result = subprocess.run([sys.executable, str(TOOLS / "reproduce.py"), "--out",
-                             str(tmp_path / "x"), "--methods", "lifted,npair"],
-                            capture_output=True, text=True)
+    result = reproduce("--out", tmp_path / "x", "--methods", "lifted,npair")
     assert result.returncode == 2 and "unknown npair" in result.stderr
     with pytest.raises(PipelineError, match="--embedding 100"):
         RunConfig(dataset="cub", embedding=100)

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from liftedstruct import weights
-from liftedstruct.weights import WeightsError
+from liftedstruct.errors import WeightsError
 
 
 def test_from_a_local_copy_checks_sha1(tmp_path):
@@ -27,3 +27,54 @@ def test_offline_download_says_what_to_do(tmp_path):
         weights.download(tmp_path / "m.caffemodel", url="http://127.0.0.1:9/none",
                          timeout=5)
     assert not (tmp_path / "m.caffemodel").exists()
+
+
+DEPLOY = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "fc1" type: "InnerProduct" bottom: "data" top: "fc1"
+  inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2"
+  inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 1 } } }
+"""
+
+
+def test_weights_must_cover_the_layers_a_blob_needs(caffe, tmp_path):
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(DEPLOY)
+    net = caffe.Net(str(deploy), caffe.TEST)
+    full = tmp_path / "full.caffemodel"
+    net.save(str(full))
+    params = weights.net_parameters(net)
+    assert params == {"fc1": [12, 4], "fc2": [20, 5]}
+    assert weights.upstream_layers(net, ["fc1"]) == {"data", "fc1"}
+    weights.check_fit(full, params, "the net")
+    # A model of another net (no layer name matches), an empty file, junk.
+    other = tmp_path / "other.prototxt"
+    other.write_text(DEPLOY.replace('"fc1"', '"a1"').replace('"fc2"', '"a2"'))
+    unrelated = tmp_path / "unrelated.caffemodel"
+    caffe.Net(str(other), caffe.TEST).save(str(unrelated))
+    with pytest.raises(WeightsError, match="no weights for 2 of the 2 .*fc1, fc2"):
+        weights.check_fit(unrelated, params, "the net")
+    empty = tmp_path / "empty.caffemodel"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsError, match="empty file"):
+        weights.check_fit(empty, params, "the net")
+    junk = tmp_path / "junk.caffemodel"
+    junk.write_bytes(b"\xff\xfe not a protobuf \x00\x01" * 10)
+    with pytest.raises(WeightsError, match="not a Caffe model"):
+        weights.check_fit(junk, params, "the net")
+    # Only the first layer in the file: enough for fc1, not for fc2.
+    half = tmp_path / "half.prototxt"
+    half.write_text(DEPLOY.split('layer { name: "fc2"')[0])
+    partial = tmp_path / "half.caffemodel"
+    caffe.Net(str(half), caffe.TEST).save(str(partial))
+    weights.check_fit(partial, {"fc1": params["fc1"]}, "fc1")
+    with pytest.raises(WeightsError, match="no weights for 1 of the 2 .*fc2"):
+        weights.check_fit(partial, params, "the net")
+    # Same names, other sizes.
+    wide = tmp_path / "wide.prototxt"
+    wide.write_text(DEPLOY.replace("num_output: 5", "num_output: 7"))
+    resized = tmp_path / "wide.caffemodel"
+    caffe.Net(str(wide), caffe.TEST).save(str(resized))
+    with pytest.raises(WeightsError, match="other sizes.*fc2"):
+        weights.check_fit(resized, params, "the net")

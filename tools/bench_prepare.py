@@ -15,13 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from liftedstruct.datasets import ImageFormat, Item, make_datum, process_images, write_lmdb  # noqa: E402,E501
-from liftedstruct.paths import caffe_binary  # noqa: E402
+from liftedstruct.datasets import Item
+from liftedstruct.images import ImageFormat, process_images
+from liftedstruct.lmdbio import make_datum, write_lmdb
+from liftedstruct.paths import caffe_binary
 
 
 def make_jpegs(folder: Path, count: int, width: int, height: int) -> list[str]:
@@ -42,7 +42,7 @@ def ours(folder: Path, names: list[str], out: Path, workers: int) -> float:
     start = time.perf_counter()
     items = [Item(name, 0, folder / name) for name in names]
     results = process_images(items, fmt, workers, "ours")
-    write_lmdb(out, (make_datum(payload, 0, fmt) for payload, _ in results), len(items),
+    write_lmdb(out, (make_datum(payload, 0, fmt.size, True) for payload, _ in results), len(items),
                "ours lmdb", 1 << 32)
     return time.perf_counter() - start
 

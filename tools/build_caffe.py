@@ -7,9 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from liftedstruct.caffe_build import BuildError, BuildOptions, build  # noqa: E402
+from liftedstruct import cli
+from liftedstruct.build.cmake import BuildOptions, build
 
 
 def main() -> int:
@@ -22,32 +21,31 @@ def main() -> int:
     parser.add_argument("--cudnn", action="store_true",
                         help="with --cuda: Caffe's cuDNN layers (cuDNN 8/9 through "
                              "patch 0008)")
+    parser.add_argument("--nccl", action="store_true",
+                        help="with --cuda: multi-GPU training through NCCL")
     parser.add_argument("--cuda-arch", nargs="+", default=["90"],
                         help="compute capabilities; PTX for the last (default: 90)")
-    parser.add_argument("--cuda-libs-from-wheels", action="store_true",
-                        help="take cuBLAS/cuRAND from PyPI wheels even if the "
-                             "toolkit has them")
+    parser.add_argument("--cuda-from-wheels", action="store_true",
+                        help="take the CUDA toolchain and libraries from the PyPI wheels "
+                             "pinned in tools/cuda-wheels.txt even if a toolkit is "
+                             "installed (without a toolkit this is what happens)")
     parser.add_argument("--all-tests", action="store_true",
                         help="build all of Caffe's gtests, not just the ones "
                              "for the layers this project uses")
-    parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--jobs", type=cli.positive_int, default=None)
     parser.add_argument("--force", action="store_true",
                         help="rebuild even if the inputs did not change")
     args = parser.parse_args()
-    if args.cudnn and not args.cuda:
-        parser.error("--cudnn needs --cuda")
-    options = BuildOptions(cuda=args.cuda, cudnn=args.cudnn, cuda_arch=args.cuda_arch,
-                           cuda_libs_from_wheels=args.cuda_libs_from_wheels,
+    if (args.cudnn or args.nccl or args.cuda_from_wheels) and not args.cuda:
+        parser.error("--cudnn, --nccl and --cuda-from-wheels need --cuda")
+    options = BuildOptions(cuda=args.cuda, cudnn=args.cudnn, nccl=args.nccl,
+                           cuda_arch=args.cuda_arch, cuda_from_wheels=args.cuda_from_wheels,
                            all_tests=args.all_tests)
     if args.jobs:
         options.jobs = args.jobs
-    try:
-        build(args.caffe_src, options, force=args.force)
-    except BuildError as error:
-        print(f"build_caffe: error: {error}", file=sys.stderr)
-        return 1
+    build(args.caffe_src, options, force=args.force)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -8,9 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from liftedstruct.weights import DEFAULT_PATH, WeightsError, download, install_from  # noqa: E402
+from liftedstruct import cli
+from liftedstruct.weights import DEFAULT_PATH, download, install_from
 
 
 def main() -> int:
@@ -19,14 +18,10 @@ def main() -> int:
                         help="a bvlc_googlenet.caffemodel you already have")
     parser.add_argument("--out", type=Path, default=DEFAULT_PATH)
     args = parser.parse_args()
-    try:
-        path = install_from(args.source, args.out) if args.source else download(args.out)
-    except WeightsError as error:
-        print(f"fetch_weights: error: {error}", file=sys.stderr)
-        return 2
+    path = install_from(args.source, args.out) if args.source else download(args.out)
     print(f"{path}: verified")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Our scores beside the paper's: a Markdown and JSON table, Recall@K curves,
-t-SNE and retrieval-grid figures."""
+"""Our scores beside the paper's published ones: a Markdown and JSON table,
+Recall@K curves, t-SNE and retrieval-grid figures. Reads only the test
+images the figures draw."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from liftedstruct.report import write_report  # noqa: E402
+from liftedstruct import cli
+from liftedstruct.errors import LiftedError
+from liftedstruct.report import write_report
 
 
 def pairs(values: list[str], what: str) -> dict[str, Path]:
@@ -19,17 +20,17 @@ def pairs(values: list[str], what: str) -> dict[str, Path]:
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name:
-            raise SystemExit(f"report: {what} {value!r}: expected METHOD=PATH")
+            raise LiftedError(f"{what} {value!r}: expected METHOD=PATH")
         if not Path(path).is_file():
-            raise SystemExit(f"report: {what} {value!r}: {path}: no such file")
+            raise LiftedError(f"{what} {value!r}: {path}: no such file")
         out[name] = Path(path)
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", required=True, help="cub, cars196, sop or digits")
-    parser.add_argument("--embedding", type=int, required=True)
+    parser.add_argument("--dataset", required=True, help="cub, cars196, sop, glyphs, digits")
+    parser.add_argument("--embedding", type=cli.positive_int, required=True)
     parser.add_argument("--result", action="append", default=[], required=True,
                         help="METHOD=evaluation.json (from evaluate.py --json); repeat")
     parser.add_argument("--features", action="append", default=[],
@@ -38,8 +39,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    results = {name: json.loads(path.read_text())
-               for name, path in pairs(args.result, "--result").items()}
+    results = {}
+    for name, path in pairs(args.result, "--result").items():
+        try:
+            results[name] = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise LiftedError(f"--result {path}: not JSON ({error})") from error
+    if args.images is not None and not (args.images / "data.mdb").is_file():
+        raise LiftedError(f"--images {args.images}: not an LMDB (no data.mdb)")
     written = write_report(results, args.dataset, args.embedding, args.out,
                            pairs(args.features, "--features"), args.images, args.seed)
     print((args.out / "report.md").read_text())
@@ -49,4 +56,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Run Caffe's test binary on our layers' gtests and Caffe's tests of the
-layers this project uses; exit non-zero on any failure or if none ran."""
+layers this project uses (with cuDNN, also their CuDNN* cases); exit non-zero
+on any failure or if none of the lifted layer's ran."""
 
 from __future__ import annotations
 
@@ -8,21 +9,21 @@ import argparse
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from liftedstruct.caffe_build import GTEST_FILTER, TEST_WORKDIR  # noqa: E402
-from liftedstruct.paths import caffe_binary, caffe_root  # noqa: E402
+from liftedstruct import cli
+from liftedstruct.build.cmake import TEST_WORKDIR, installed_options
+from liftedstruct.build.gtests import gtest_filter
+from liftedstruct.paths import caffe_binary, caffe_root
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--filter", default=GTEST_FILTER,
-                        help="gtest filter (default: this project's set)")
+    parser.add_argument("--filter", help="gtest filter (default: this project's set for "
+                                         "the installed build)")
     args = parser.parse_args()
     testbin = caffe_binary("test.testbin")
-    cmd = [str(testbin), f"--gtest_filter={args.filter}"]
+    cudnn = bool(installed_options().get("cudnn"))
+    cmd = [str(testbin), f"--gtest_filter={args.filter or gtest_filter(cudnn)}"]
     print(" ".join(cmd), flush=True)
     result = subprocess.run(cmd, capture_output=True, text=True,
                             cwd=caffe_root() / TEST_WORKDIR)
@@ -44,4 +45,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -1,0 +1,149 @@
+"""Configure, build and install Caffe with CMake, keyed on everything the
+build depends on so that an unchanged tree is not rebuilt."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from liftedstruct.build import cuda, gtests
+from liftedstruct.build.source import (
+    BUILD_DIR,
+    DEBIAN_PACKAGE,
+    DEBIAN_VERSION,
+    LAYERS_DIR,
+    log,
+    prepare_tree,
+    pristine_source,
+    run,
+    tree_hash,
+)
+from liftedstruct.files import atomic_write_text
+from liftedstruct.paths import caffe_root
+
+# Under the install prefix: the folder Caffe's test binary runs in.
+TEST_WORKDIR = Path("share") / "caffe"
+STAMP = ".build-stamp.json"
+
+
+@dataclass
+class BuildOptions:
+    cuda: bool = False
+    cudnn: bool = False
+    nccl: bool = False
+    cuda_arch: list[str] = field(default_factory=lambda: ["90"])
+    cuda_from_wheels: bool = False
+    all_tests: bool = False
+    jobs: int = os.cpu_count() or 2
+    build_type: str = "Release"
+
+    @property
+    def variant(self) -> str:
+        return ("cudnn" if self.cudnn else "cuda") if self.cuda else "cpu"
+
+
+def build_key(source_id: str, options: BuildOptions) -> str:
+    """Hash of everything the build depends on that this project controls."""
+    digest = hashlib.sha256()
+    digest.update(source_id.encode())
+    digest.update(json.dumps(asdict(options), sort_keys=True).encode())
+    digest.update(tree_hash(LAYERS_DIR).encode())
+    digest.update(tree_hash(Path(__file__).parent).encode())
+    if options.cuda:
+        digest.update(cuda.WHEELS_FILE.read_bytes())
+    digest.update(sys.version.encode())
+    return digest.hexdigest()
+
+
+def cmake_arguments(work: Path, prefix: Path, options: BuildOptions) -> list[str]:
+    python_lib = Path(sysconfig.get_config_var("LIBDIR") or "") / (
+        sysconfig.get_config_var("LDLIBRARY") or "")
+    entries = {
+        "CMAKE_BUILD_TYPE": options.build_type,
+        "CMAKE_INSTALL_PREFIX": str(prefix),
+        "BLAS": "Open",
+        "BUILD_docs": "OFF",
+        "BUILD_matlab": "OFF",
+        "BUILD_python": "ON",
+        "python_version": "3",
+        "PYTHON_EXECUTABLE": sys.executable,
+        "PYTHON_INCLUDE_DIR": sysconfig.get_paths()["include"],
+        "PYTHON_LIBRARY": str(python_lib),
+        "USE_OPENCV": "ON",
+        "USE_LMDB": "ON",
+        "USE_LEVELDB": "ON",
+        "USE_HDF5": "ON",
+        "USE_CUDNN": "ON" if options.cudnn else "OFF",
+        "USE_NCCL": "ON" if options.nccl else "OFF",
+        "CPU_ONLY": "OFF" if options.cuda else "ON",
+        "BUILD_only_tests": "" if options.all_tests
+        else gtests.cmake_selection(options.cudnn),
+    }
+    if options.cuda:
+        arch = " ".join(options.cuda_arch)
+        entries.update({"CUDA_ARCH_NAME": "Manual", "CUDA_ARCH_BIN": arch,
+                        "CUDA_ARCH_PTX": options.cuda_arch[-1]})
+        root = cuda.toolkit(options.cuda_from_wheels)
+        entries.update(cuda.cmake_entries(root, options.cudnn))
+        if options.nccl:
+            entries.update({"NCCL_INCLUDE_DIR": str(root / "include"),
+                            "NCCL_LIBRARIES": str(root / "lib64" / "libnccl.so")})
+    args = ["cmake", "-S", str(work), "-B", str(work / "_b"), "-Wno-dev"]
+    args += [f"-D{key}={value}" for key, value in entries.items()]
+    return args
+
+
+def install_extras(work: Path, prefix: Path) -> None:
+    """The test binary and its data go into the prefix too. Caffe's tests
+    open src/caffe/test/test_data/... relative to the working directory, so
+    the data keeps that path under TEST_WORKDIR."""
+    testbin = work / "_b" / "test" / "test.testbin"
+    shutil.copy2(testbin, prefix / "bin" / "test.testbin")
+    rel = Path("src") / "caffe" / "test" / "test_data"
+    dest = prefix / TEST_WORKDIR / rel
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(work / rel, dest)
+
+
+def installed_options(prefix: Path | None = None) -> dict:
+    """The options the install at prefix was built with ({} if none)."""
+    stamp = (prefix or caffe_root()) / STAMP
+    return json.loads(stamp.read_text()).get("options", {}) if stamp.exists() else {}
+
+
+def build(caffe_src: Path | None, options: BuildOptions, force: bool = False) -> Path:
+    """Build and install Caffe with our layers; return the install prefix."""
+    prefix = caffe_root()
+    pristine, source_id = pristine_source(caffe_src)
+    key = build_key(source_id, options)
+    stamp = prefix / STAMP
+    if not force and stamp.exists():
+        recorded = json.loads(stamp.read_text())
+        if recorded.get("key") == key:
+            log(f"{prefix} is up to date (key {key[:12]})")
+            return prefix
+    work = BUILD_DIR / f"caffe-{options.variant}"
+    prepare_tree(pristine, work)
+    (work / "_b").mkdir(parents=True, exist_ok=True)
+    log_path = BUILD_DIR / f"build-{options.variant}.log"
+    log_path.write_text("")
+    log(f"full output in {log_path}")
+    run(cmake_arguments(work, prefix, options), log_path=log_path)
+    run(["cmake", "--build", str(work / "_b"), "--parallel", str(options.jobs),
+         "--target", "all", "test.testbin"], log_path=log_path)
+    if stamp.exists():
+        stamp.unlink()  # a half-updated prefix must not look current
+    run(["cmake", "--install", str(work / "_b")], log_path=log_path)
+    install_extras(work, prefix)
+    record = {"key": key, "source": source_id, "options": asdict(options),
+              "debian_package": f"{DEBIAN_PACKAGE} {DEBIAN_VERSION}"}
+    atomic_write_text(stamp, json.dumps(record, indent=2) + "\n")
+    log(f"installed into {prefix}")
+    return prefix

@@ -1,0 +1,51 @@
+"""Settings of the paper that several modules share, in one place."""
+
+from __future__ import annotations
+
+import re
+
+# The three losses the paper compares, and the batch each trains with: 128
+# (64 pairs) for lifted and contrastive, 120 (40 triplets) for triplet.
+METHODS = ("lifted", "contrastive", "triplet")
+BATCH = {"lifted": 128, "contrastive": 128, "triplet": 120}
+
+# The real datasets, the embedding sizes of the paper's figures, and the size
+# the committed nets use: 512, the size at which later work tabulates the
+# paper's numbers (data/paper_results.json; some later papers use 64).
+PAPER_DATASETS = ("cub", "cars196", "sop")
+EMBEDDINGS = (64, 128, 256, 512)
+HEADLINE_EMBEDDING = {"cub": 512, "cars196": 512, "sop": 512}
+
+# GoogLeNet input: 256x256 images, 227x227 crops, the ImageNet channel means
+# (BGR) that Caffe's GoogLeNet subtracts.
+IMAGE_SIZE = 256
+CROP = 227
+IMAGENET_MEAN_BGR = (104, 117, 123)
+
+# Recall@K values reported per dataset.
+RECALL_K = {
+    "cub": (1, 2, 4, 8, 16, 32),
+    "cars196": (1, 2, 4, 8, 16, 32),
+    "sop": (1, 10, 100, 1000),
+    "digits": (1, 2, 4, 8),
+    "glyphs": (1, 2, 4, 8),
+}
+
+# "Iteration 10 (9.2 iter/s, 1.09s/10 iters), loss = 9.9" in caffe train's log.
+LOSS_LINE = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = ([-+.\deEnaif]+)")
+
+
+def pool5_is_global(crop: int) -> bool:
+    """GoogLeNet's pool5 is a 7x7 average over the 7x7 map of a 224-227 crop;
+    smaller inputs (quick checks on fixtures) average whatever map they get."""
+    return crop < 224
+
+# The offline miniatures: the demo's small net, trained from scratch.
+DEMO_DATASETS = ("glyphs", "digits")
+DEMO_EMBEDDING = 64
+
+# The glyphs set the README's numbers were measured on: its fonts' fingerprint
+# (sha256 over the font files' names and sha256) and face count, with Debian
+# 12's font packages of tools/debian-packages.txt.
+GLYPHS_REFERENCE_FONTS = ("52656afebd4089fd49dd89beebdcc3b3b1f14fa231d6284b835d525b972afc72",
+                          179)

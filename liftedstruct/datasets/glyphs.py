@@ -1,0 +1,159 @@
+"""Glyphs: the paper's setting in miniature, offline. Classes are characters;
+the images of a class are that character in every typeface installed from
+Debian's free font packages (tools/debian-packages.txt), with a small seeded
+jitter. Half the characters train, the other half are unseen test classes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from liftedstruct.datasets.base import Dataset, DatasetSource, Item
+from liftedstruct.datasets.glyph_render import Jitter, coincidences, render_faces
+from liftedstruct.errors import DatasetError
+from liftedstruct.files import file_digest
+
+# 159 characters: the Latin letters and digits; the Greek letters whose shape
+# differs from every Latin one (capital Alpha, Beta, ... and small iota, kappa,
+# ... are left out); the Russian capitals that differ from Latin, small be
+# (the other small Russian letters are small copies of their capitals once
+# size is normalised) and the Serbian LJE, NJE; symbols that stay distinct
+# after a tight crop (left out: marks told apart only by position or size,
+# such as - _ . , ' ; and superscripts, and letter look-alikes such as the
+# multiplication sign or micro). Greek/Cyrillic pairs such as Gamma/Ghe stay
+# in: whether they coincide is decided from the renders.
+LATIN = string.ascii_uppercase + string.ascii_lowercase + string.digits
+GREEK = "ΓΔΘΛΞΠΣΦΨΩ" + "αβγδεζηθλμξπσςφψω"
+CYRILLIC = "БГДЖЗИЙЛПФЦЧШЩЪЫЬЭЮЯ" + "б" + "ЉЊ"
+SYMBOLS = '!"#$%&()*+/:<=>?@[\\]{|}~' + "¢£¤¥¦§©®¬±¶¿÷«»¼½¾" + "€†‡‰№"
+CHARSET = LATIN + GREEK + CYRILLIC + SYMBOLS
+FONT_ROOT = Path("/usr/share/fonts")
+FONT_SUFFIXES = (".ttf", ".otf")
+# Small-caps faces draw small letters as small capitals: their cmap promises
+# characters whose shape it does not deliver.
+SMALL_CAPS = re.compile(r"small\s*caps", re.IGNORECASE)
+# Characters whose renders coincide in at least this share of the faces are one
+# class (the first in CHARSET is kept); pairs that coincide in fewer faces keep
+# both classes but lose both images in the faces where they coincide (I and l
+# in grotesque faces).
+MERGE_FRACTION = 0.5
+JITTER = Jitter()
+DATA_SEED = 0  # jitter and split: part of the dataset, the same for every run
+
+
+@dataclass(frozen=True)
+class Face:
+    path: str
+    family: str
+    postscript: str
+
+
+def discover_faces(root: Path = FONT_ROOT, chars: str = CHARSET) -> list[Face]:
+    """Font files under root whose cmap covers every character, one per
+    PostScript name, small caps left out; sorted by path."""
+    from fontTools.ttLib import TTFont, TTLibError
+
+    needed = {ord(c) for c in chars}
+    faces: dict[str, Face] = {}
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in FONT_SUFFIXES):
+        try:
+            font = TTFont(str(path), lazy=True)
+            cmap = font.getBestCmap() or {}
+            names = font["name"]
+            family = str(names.getDebugName(16) or names.getDebugName(1) or "")
+            style = str(names.getDebugName(17) or names.getDebugName(2) or "")
+            postscript = str(names.getDebugName(6) or path.name)
+        except (TTLibError, OSError, KeyError, AssertionError):
+            continue  # not a font FreeType would use either
+        covered = {cp for cp, glyph in cmap.items() if glyph != ".notdef"}
+        if not needed <= covered or any(SMALL_CAPS.search(t) for t in (family, style,
+                                                                      postscript)):
+            continue
+        faces.setdefault(postscript, Face(str(path), family, postscript))
+    return sorted(faces.values(), key=lambda face: face.path)
+
+
+def split_classes(chars: str, seed: int = DATA_SEED) -> tuple[str, str]:
+    """Class-disjoint halves of the characters, fixed by the seed."""
+    ordered = sorted(chars, key=ord)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    half = len(ordered) // 2
+    return ("".join(sorted((ordered[i] for i in order[:half]), key=ord)),
+            "".join(sorted((ordered[i] for i in order[half:]), key=ord)))
+
+
+def merged_classes(found: np.ndarray, chars: str) -> dict[str, str]:
+    """{dropped character: the character its class is merged into} for pairs
+    coinciding in at least MERGE_FRACTION of the faces (transitively)."""
+    parent = list(range(len(chars)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in np.argwhere(np.triu(found.mean(axis=0) >= MERGE_FRACTION, k=1)):
+        a, b = root(int(i)), root(int(j))
+        parent[max(a, b)] = min(a, b)
+    return {chars[i]: chars[root(i)] for i in range(len(chars)) if root(i) != i}
+
+
+class Glyphs(DatasetSource):
+    name = "glyphs"
+    image_size = 32
+    encoding = "png"
+    needs_root = False
+    download = "Debian's font packages (tools/setup.sh installs them)"
+
+    def load(self, root: Path | None, work: Path) -> Dataset:
+        """root: a folder of fonts to use instead of /usr/share/fonts."""
+        fonts = root or FONT_ROOT
+        faces = discover_faces(fonts)
+        if not faces:
+            raise DatasetError(f"{fonts}: no font covers the {len(CHARSET)} characters of "
+                               "the glyphs set; install the font packages listed in "
+                               "tools/debian-packages.txt (tools/setup.sh does)")
+        paths = [face.path for face in faces]
+        clean = render_faces(paths, CHARSET)
+        # Faces that draw nothing or .notdef for a character they map, and faces
+        # whose renders repeat an earlier face's (one design under two names).
+        kept, seen = [], set()
+        for index, images in enumerate(clean):
+            if images is None:
+                continue
+            digest = hashlib.sha256(b"".join(image.tobytes() for image in images)).digest()
+            if digest not in seen:
+                seen.add(digest)
+                kept.append(index)
+        faces = [faces[i] for i in kept]
+        found = coincidences(np.stack([np.stack(clean[i]) for i in kept]))
+        merged = merged_classes(found, CHARSET)
+        classes = "".join(c for c in CHARSET if c not in merged)
+        index = {c: i for i, c in enumerate(CHARSET)}
+        jittered = render_faces([face.path for face in faces], CHARSET, JITTER, DATA_SEED)
+        train_chars, test_chars = split_classes(classes)
+        splits: dict[str, list[Item]] = {"train": [], "test": []}
+        for split, chars in (("train", train_chars), ("test", test_chars)):
+            for char in chars:
+                others = [index[c] for c in classes if c != char]
+                for f, face in enumerate(faces):
+                    if found[f, index[char], others].any():
+                        continue  # looks like another class in this face
+                    splits[split].append(Item(
+                        f"glyphs/{Path(face.path).name}/U+{ord(char):04X}", ord(char),
+                        pixels=jittered[f][index[char]]))
+        manifest = [{"file": Path(face.path).name, "sha256": file_digest(Path(face.path))}
+                    for face in faces]
+        fingerprint = hashlib.sha256(
+            "".join(f"{m['file']}\t{m['sha256']}\n" for m in manifest).encode()).hexdigest()
+        details = {"fonts": manifest, "fonts_sha256": fingerprint,
+                   "characters": {"train": train_chars, "test": test_chars,
+                                  "merged": merged}}
+        checksums = {"fonts": fingerprint,
+                     "charset": hashlib.sha256(CHARSET.encode()).hexdigest()}
+        return Dataset(self.name, splits["train"], splits["test"], checksums, details)

@@ -1,0 +1,88 @@
+"""The .npz files features travel in: `features` (or `features_<blob>` when a
+file holds several blobs), `labels`, `ids`. NumPy only, so that scoring a
+file needs neither OpenCV, LMDB nor Caffe."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from liftedstruct.errors import ScoringError
+
+
+def feature_key(blob: str) -> str:
+    """npz key of a blob's features when a file holds several."""
+    return "features_" + blob.replace("/", "_")
+
+
+def save_features(path: Path, **arrays: np.ndarray) -> Path:
+    """np.savez via a temporary name: a half-written file never looks done."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_features(path: Path, blob: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features (N x C float32) and labels (N) from an .npz, checked; every
+    problem is a ScoringError naming the file and what is wrong."""
+    if not path.is_file():
+        raise ScoringError(f"{path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ScoringError(f"{path}: not a readable .npz ({error or 'empty file'})") from error
+    if isinstance(data, np.ndarray):
+        raise ScoringError(f"{path}: a single array (.npy), not an .npz with 'features' "
+                           "and 'labels' arrays (np.savez(path, features=..., labels=...))")
+    with data:
+        key = feature_key(blob) if blob else "features"
+        if key not in data.files:
+            keys = ", ".join(sorted(data.files)) or "none"
+            raise ScoringError(f"{path}: no array {key!r} (arrays: {keys})"
+                               + ("" if blob else "; pick one with --blob"))
+        if "labels" not in data.files:
+            raise ScoringError(f"{path}: no array 'labels'")
+        try:
+            features, labels = data[key], data["labels"]
+        except ValueError as error:  # object arrays need pickle
+            raise ScoringError(f"{path}: {key!r} or 'labels' holds Python objects, "
+                               "not numbers") from error
+    return check_features(features, labels, str(path), key)
+
+
+def check_features(features: np.ndarray, labels: np.ndarray, source: str = "input",
+                   key: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """N x C finite numbers, N finite labels; returns (features as float32,
+    labels as a flat array)."""
+    features, labels = np.asarray(features), np.asarray(labels)
+    if features.dtype.kind not in "fiu":
+        raise ScoringError(f"{source}: {key!r} has dtype {features.dtype}; expected numbers")
+    if features.ndim != 2:
+        raise ScoringError(f"{source}: {key!r} must be N x C, got shape {features.shape}")
+    if len(features) == 0:
+        raise ScoringError(f"{source}: {key!r} is empty")
+    if labels.dtype.kind not in "fiuUS" or (labels.ndim != 1 and labels.size != len(labels)):
+        raise ScoringError(f"{source}: 'labels' must be N numbers or strings, got dtype "
+                           f"{labels.dtype} and shape {labels.shape}")
+    labels = labels.reshape(-1)
+    if len(labels) != len(features):
+        raise ScoringError(f"{source}: {len(labels)} labels for {len(features)} features")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        rows = np.flatnonzero(~np.isfinite(labels))
+        raise ScoringError(f"{source}: {len(rows)} label(s) are NaN or inf "
+                           f"(first: row {rows[0]})")
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        raise ScoringError(f"{source}: {len(rows)} feature row(s) hold NaN or inf "
+                           f"(first: row {rows[0]})")
+    largest = float(np.abs(features).max())
+    if largest > 0 and not 2.0**-60 <= largest <= 2.0**60:
+        # Rankings and clusterings do not change under a common scale; a power
+        # of two is exact, and keeps float32's squared distances finite and
+        # non-zero (float64 features may lie far outside float32's range).
+        features = features * 2.0 ** -np.frexp(largest)[1]
+    return features.astype(np.float32), labels

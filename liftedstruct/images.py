@@ -1,0 +1,84 @@
+"""Image decoding, resizing and encoding with OpenCV: what goes into a
+Datum and what comes out of one."""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from liftedstruct.datasets.base import Item
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    size: int = 256
+    encoding: str = "jpg"  # "jpg", "png", or "raw" for uint8 datums
+    quality: int = 95
+
+
+def process_image(item: Item, fmt: ImageFormat) -> tuple[bytes | None, str | None]:
+    """Decode (grayscale, CMYK and alpha become 3-channel BGR), resize to
+    size x size, encode. Returns (payload, None) or (None, reason)."""
+    if item.pixels is not None:
+        image = item.pixels
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    else:
+        try:
+            data = np.fromfile(item.file, dtype=np.uint8)
+        except OSError as error:
+            return None, f"unreadable: {error.strerror or error}"
+        if data.size == 0:
+            return None, "empty file"
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if image is None:
+            return None, "not a decodable image"
+    if image.shape[:2] != (fmt.size, fmt.size):
+        image = cv2.resize(image, (fmt.size, fmt.size), interpolation=cv2.INTER_LINEAR)
+    if fmt.encoding == "raw":
+        return np.ascontiguousarray(image.transpose(2, 0, 1)).tobytes(), None
+    params = [cv2.IMWRITE_JPEG_QUALITY, fmt.quality] if fmt.encoding == "jpg" else []
+    ok, buffer = cv2.imencode("." + fmt.encoding, image, params)
+    if not ok:
+        return None, f"cannot encode as {fmt.encoding}"
+    return buffer.tobytes(), None
+
+
+def _process_job(job: tuple[Item, ImageFormat]) -> tuple[bytes | None, str | None]:
+    return process_image(*job)
+
+
+def process_images(items: list[Item], fmt: ImageFormat, workers: int,
+                   desc: str) -> list[tuple[bytes | None, str | None]]:
+    """process_image over items in parallel processes, in order."""
+    jobs = [(item, fmt) for item in items]
+    if workers <= 1 or len(items) < 64:
+        return [_process_job(job) for job in tqdm(jobs, desc=desc, unit="img")]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(_process_job, jobs, chunksize=32), total=len(jobs),
+                         desc=desc, unit="img"))
+
+
+def datum_image(datum) -> np.ndarray | None:
+    """A Datum's image as BGR uint8 H x W x 3 (None if it does not decode)."""
+    if datum.encoded:
+        return cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
+    image = np.frombuffer(datum.data, np.uint8).reshape(
+        datum.channels, datum.height, datum.width).transpose(1, 2, 0)
+    if datum.channels == 1:
+        image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
+    return image
+
+
+def read_image(path, size: int) -> np.ndarray | None:
+    """An image file as BGR uint8, resized to size x size (None if unreadable)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)

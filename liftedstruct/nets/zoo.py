@@ -1,0 +1,95 @@
+"""Which nets and solvers are committed under prototxt/ (what Caffe's model
+zoo would hold), and the files for any other (dataset, method, size)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from liftedstruct.constants import EMBEDDINGS, HEADLINE_EMBEDDING, METHODS, PAPER_DATASETS
+from liftedstruct.errors import NetError
+from liftedstruct.nets.template import (
+    NetConfig,
+    SolverConfig,
+    demo_config,
+    demo_solver,
+    deploy,
+    paper_config,
+    solver,
+    train_val,
+)
+
+
+def snapshot_prefix(config: NetConfig) -> str:
+    return f"snapshots/{config.dataset}/{config.method}_{config.embedding}/{config.name}"
+
+
+def check_choice(dataset: str, method: str, embedding: int) -> None:
+    if dataset not in PAPER_DATASETS:
+        raise NetError(f"--dataset {dataset}: one of {', '.join(PAPER_DATASETS)}")
+    if method not in METHODS:
+        raise NetError(f"--method {method}: one of {', '.join(METHODS)}")
+    if embedding not in EMBEDDINGS:
+        raise NetError(f"--embedding {embedding}: the paper's sizes are "
+                       f"{', '.join(map(str, EMBEDDINGS))}")
+
+
+def net_files(dataset: str, method: str, embedding: int, folder: str) -> dict[str, str]:
+    """train_val, solver and deploy of one of the paper's configurations; the
+    solver names the net as folder/train_val.prototxt."""
+    check_choice(dataset, method, embedding)
+    config = paper_config(dataset, method, embedding)
+    return {
+        "train_val.prototxt": train_val(config),
+        "solver.prototxt": solver(SolverConfig(net=f"{folder}/train_val.prototxt",
+                                               snapshot_prefix=snapshot_prefix(config))),
+        "deploy.prototxt": deploy(config),
+    }
+
+
+def committed_files() -> dict[str, str]:
+    """Every committed prototxt, relative to prototxt/: the headline net and
+    solver per dataset, one deploy per embedding size, the demo's nets."""
+    files = {}
+    for dataset in PAPER_DATASETS:
+        config = paper_config(dataset, "lifted", HEADLINE_EMBEDDING[dataset])
+        files[f"{dataset}/train_val.prototxt"] = train_val(config)
+        files[f"solver_{dataset}.prototxt"] = solver(SolverConfig(
+            net=f"prototxt/{dataset}/train_val.prototxt",
+            snapshot_prefix=snapshot_prefix(config)))
+    for embedding in EMBEDDINGS:
+        # The deploy nets of all datasets and methods differ only in their name.
+        files[f"deploy/embedding_{embedding}.prototxt"] = deploy(
+            paper_config("cub", "lifted", embedding),
+            name=f"googlenet_embedding_{embedding}_deploy")
+    for method in METHODS:
+        config = demo_config(method)
+        files[f"demo/{method}/train_val.prototxt"] = train_val(config)
+        files[f"demo/{method}/solver.prototxt"] = solver(demo_solver(
+            f"prototxt/demo/{method}/train_val.prototxt", snapshot_prefix(config)))
+    files["demo/deploy.prototxt"] = deploy(demo_config("lifted"), name="demo_deploy")
+    return files
+
+
+def check_committed(folder: Path) -> list[str]:
+    """Problems with the committed files in folder: differing, missing, or
+    a prototxt the template does not make."""
+    files = committed_files()
+    problems = [f"differs or missing: {folder / name}" for name, text in files.items()
+                if not (folder / name).is_file() or (folder / name).read_text() != text]
+    existing = {p.relative_to(folder).as_posix() for p in folder.rglob("*.prototxt")}
+    problems += [f"not generated: {folder / name}" for name in sorted(existing - set(files))]
+    return problems
+
+
+def write_files(folder: Path, files: dict[str, str]) -> list[Path]:
+    """Write files under folder, touching only those whose text changed."""
+    written = []
+    for name, text in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        written.append(path)
+    return written

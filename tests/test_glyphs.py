@@ -1,0 +1,120 @@
+"""The glyphs source: the installed fonts, rendering, merged look-alikes, the
+class-disjoint split, the fonts manifest, and a short run of the main job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liftedstruct.datasets import get_source
+from liftedstruct.datasets.glyph_render import Jitter, coincidences, render_faces
+from liftedstruct.datasets.glyphs import CHARSET, FONT_ROOT, discover_faces, split_classes
+from liftedstruct.errors import DatasetError
+from liftedstruct.files import file_digest
+from liftedstruct.paths import REPO_ROOT
+
+FONTS = ["truetype/dejavu/DejaVuSans.ttf", "truetype/dejavu/DejaVuSerif.ttf",
+         "truetype/freefont/FreeMono.ttf", "truetype/freefont/FreeSerifBold.ttf",
+         "truetype/liberation/LiberationSans-Regular.ttf",
+         "truetype/liberation/LiberationSerif-Italic.ttf"]
+
+
+@pytest.fixture(scope="module")
+def fonts(tmp_path_factory) -> Path:
+    """A few of the installed faces in a folder of their own."""
+    folder = tmp_path_factory.mktemp("fonts")
+    for name in FONTS:
+        source = FONT_ROOT / name
+        assert source.is_file(), f"{source}: tools/setup.sh installs the font packages"
+        shutil.copy(source, folder / source.name)
+    return folder
+
+
+def test_charset_and_installed_faces():
+    assert len(CHARSET) == 159 and len(set(CHARSET)) == 159
+    faces = discover_faces()
+    # tools/debian-packages.txt's fonts: 186 files cover the set, of which
+    # two are small caps and four carry a PostScript name seen already.
+    assert len(faces) >= 150, len(faces)
+    assert not any("mallcaps" in face.path.replace("S", "s") for face in faces)
+
+
+def test_renders_are_tight_centred_and_seeded(fonts):
+    path = str(fonts / "DejaVuSans.ttf")
+    plain, = render_faces([path], "OI", workers=1)
+    for image in plain:
+        assert image.shape == (32, 32) and image.dtype == np.uint8
+        ink = np.argwhere(image < 128)
+        # The long side spans 32 - 2 * 4 pixels, centred.
+        extent = ink.max(axis=0) - ink.min(axis=0) + 1
+        assert 22 <= extent.max() <= 25, extent
+        assert abs(ink.mean(axis=0) - 15.5).max() < 2.5
+    one = render_faces([path], "OI", Jitter(), seed=0, workers=1)[0]
+    again = render_faces([path], "IO", Jitter(), seed=0, workers=1)[0][::-1]
+    other = render_faces([path], "OI", Jitter(), seed=1, workers=1)[0]
+    for a, b, c, p in zip(one, again, other, plain, strict=True):
+        np.testing.assert_array_equal(a, b)  # per character and face, not per order
+        assert not np.array_equal(a, c) and not np.array_equal(a, p)
+        assert np.abs(a.astype(int) - p.astype(int)).mean() < 40  # mild
+
+
+def test_look_alikes_coincide():
+    """Greek Gamma and Cyrillic Ghe are the same shape; O and Theta are not."""
+    paths = [face.path for face in discover_faces()][:12]
+    images = np.stack([np.stack(r) for r in render_faces(paths, "ΓГOΘ")])
+    found = coincidences(images)
+    assert found[:, 0, 1].mean() >= 0.5
+    assert found[:, 2, 3].mean() < 0.5
+
+
+def test_split_is_class_disjoint_and_fixed():
+    train, test = split_classes(CHARSET)
+    assert not set(train) & set(test) and len(train) + len(test) == len(CHARSET)
+    assert split_classes(CHARSET) == (train, test)
+    assert split_classes(CHARSET, seed=1) != (train, test)
+
+
+def test_load_records_the_fonts(fonts, tmp_path):
+    dataset = get_source("glyphs").load(fonts, tmp_path)
+    train = {item.label for item in dataset.train}
+    test = {item.label for item in dataset.test}
+    assert not train & test and abs(len(train) - len(test)) <= 1
+    merged = dataset.details["characters"]["merged"]
+    assert merged.get("Г") == "Γ" and ord("Г") not in train | test
+    per_class = np.bincount([item.label for item in dataset.test])
+    assert per_class.max() <= len(FONTS)
+    assert {(f["file"], f["sha256"]) for f in dataset.details["fonts"]} == {
+        (Path(name).name, file_digest(FONT_ROOT / name)) for name in FONTS}
+    again = get_source("glyphs").load(fonts, tmp_path)
+    assert dataset.fingerprint("test") == again.fingerprint("test")
+
+
+def test_fonts_that_do_not_cover_the_set(tmp_path):
+    (tmp_path / "fonts").mkdir()
+    shutil.copy(FONT_ROOT / "truetype" / "dejavu" / "DejaVuMathTeXGyre.ttf", tmp_path / "fonts")
+    with pytest.raises(DatasetError, match="no font covers the 159 characters.*"
+                                           "debian-packages.txt"):
+        get_source("glyphs").load(tmp_path / "fonts", tmp_path)
+
+
+def test_short_glyphs_run_says_its_fonts_differ(caffe, fonts, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "reproduce.py"), "--root", str(fonts),
+         "--out", str(out), "--iterations", "30", "--max-pairs", "3000"],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NOT the set the README's numbers were measured on" in result.stdout
+    assert "NOT the set" in (out / "report" / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"lifted", "contrastive", "triplet", "raw"}
+    assert results["raw"]["classes"] == len(json.loads(
+        (out / "data" / "manifest.json").read_text())["characters"]["test"])
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["encoding"] == "png" and manifest["image_size"] == 32
