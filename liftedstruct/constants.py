@@ -43,9 +43,3 @@ def pool5_is_global(crop: int) -> bool:
 # The offline miniatures: the demo's small net, trained from scratch.
 DEMO_DATASETS = ("glyphs", "digits")
 DEMO_EMBEDDING = 64
-
-# The glyphs set the README's numbers were measured on: its fonts' fingerprint
-# (sha256 over the font files' names and sha256) and face count, with Debian
-# 12's font packages of tools/debian-packages.txt.
-GLYPHS_REFERENCE_FONTS = ("52656afebd4089fd49dd89beebdcc3b3b1f14fa231d6284b835d525b972afc72",
-                          179)

@@ -21,12 +21,12 @@ from liftedstruct.constants import (
     DEMO_DATASETS,
     DEMO_EMBEDDING,
     EMBEDDINGS,
-    GLYPHS_REFERENCE_FONTS,
     HEADLINE_EMBEDDING,
     METHODS,
     RECALL_K,
 )
 from liftedstruct.datasets import SOURCES
+from liftedstruct.datasets.glyphs import compare_fonts
 from liftedstruct.datasets.prepare import PrepareOptions, prepare
 from liftedstruct.errors import PipelineError
 from liftedstruct.featurefile import load_features, save_features
@@ -238,14 +238,7 @@ class Pipeline:
         numbers (other fonts give other images, so other numbers)."""
         if "fonts_sha256" not in manifest:
             return ""
-        fingerprint, faces = manifest["fonts_sha256"], len(manifest["fonts"])
-        reference, reference_faces = GLYPHS_REFERENCE_FONTS
-        if fingerprint == reference:
-            return (f"fonts: {faces} faces, sha256 {fingerprint[:12]}, the set the "
-                    "README's numbers were measured on")
-        return (f"fonts: {faces} faces, sha256 {fingerprint[:12]}: NOT the set the README's "
-                f"numbers were measured on ({reference_faces} faces, {reference[:12]}); "
-                "expect other numbers (manifest: data/manifest.json)")
+        return compare_fonts(manifest["fonts"], manifest["fonts_sha256"])
 
     # ------------------------------------------------------------ train
     def run_net(self, method: str) -> RunNet:

@@ -3,6 +3,7 @@ class-disjoint split, the fonts manifest, and a short run of the main job."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -14,7 +15,14 @@ import pytest
 
 from liftedstruct.datasets import get_source
 from liftedstruct.datasets.glyph_render import Jitter, coincidences, render_faces
-from liftedstruct.datasets.glyphs import CHARSET, FONT_ROOT, discover_faces, split_classes
+from liftedstruct.datasets.glyphs import (
+    CHARSET,
+    FONT_ROOT,
+    REFERENCE_FONTS,
+    compare_fonts,
+    discover_faces,
+    split_classes,
+)
 from liftedstruct.errors import DatasetError
 from liftedstruct.files import file_digest
 from liftedstruct.paths import REPO_ROOT
@@ -96,11 +104,49 @@ def test_load_records_the_fonts(fonts, tmp_path):
 
 
 def test_fonts_that_do_not_cover_the_set(tmp_path):
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+
+    # A face of the listed packages cut down to two of the 159 characters.
+    font = TTFont(str(FONT_ROOT / FONTS[0]))
+    subsetter = subset.Subsetter()
+    subsetter.populate(text="AB")
+    subsetter.subset(font)
     (tmp_path / "fonts").mkdir()
-    shutil.copy(FONT_ROOT / "truetype" / "dejavu" / "DejaVuMathTeXGyre.ttf", tmp_path / "fonts")
+    font.save(str(tmp_path / "fonts" / "AB.ttf"))
+    assert discover_faces(tmp_path / "fonts", "AB")  # still a font, just not enough
     with pytest.raises(DatasetError, match="no font covers the 159 characters.*"
                                            "debian-packages.txt"):
         get_source("glyphs").load(tmp_path / "fonts", tmp_path)
+
+
+def test_reference_fonts_come_from_the_listed_packages():
+    """The README's numbers' faces: consistent with their fingerprint, each from
+    a package tools/setup.sh installs, and installed here (a package missing
+    from the list once made every fresh machine's set differ)."""
+    reference = json.loads(REFERENCE_FONTS.read_text())
+    fonts = reference["fonts"]
+    assert hashlib.sha256("".join(f"{f['file']}\t{f['sha256']}\n" for f in fonts)
+                          .encode()).hexdigest() == reference["fonts_sha256"]
+    listed = {line.strip() for line in
+              (REPO_ROOT / "tools" / "debian-packages.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    assert {f["package"] for f in fonts} <= listed
+    installed = {p.name for p in FONT_ROOT.rglob("*") if p.suffix in (".ttf", ".otf")}
+    absent = [(f["file"], f["package"]) for f in fonts if f["file"] not in installed]
+    assert not absent, f"run tools/setup.sh: {absent[:5]}"
+
+
+def test_compare_fonts_names_what_differs():
+    reference = json.loads(REFERENCE_FONTS.read_text())
+    fonts = [{"file": f["file"], "sha256": f["sha256"]} for f in reference["fonts"]]
+    same = compare_fonts(fonts, reference["fonts_sha256"])
+    assert "the set the README's numbers were measured on" in same and "NOT" not in same
+    dejavu = [f for f in fonts if f["file"] == "DejaVuSans-Oblique.ttf"]
+    other = [f for f in fonts if f not in dejavu] + [{"file": "Mine.ttf", "sha256": "0" * 64}]
+    note = compare_fonts(other, "f" * 64)
+    assert "NOT the set" in note and "1 missing (e.g. DejaVuSans-Oblique.ttf" in note
+    assert "packages: fonts-dejavu-extra)" in note and "1 not in it (e.g. Mine.ttf)" in note
 
 
 def test_short_glyphs_run_says_its_fonts_differ(caffe, fonts, tmp_path):

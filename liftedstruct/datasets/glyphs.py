@@ -6,6 +6,7 @@ jitter. Half the characters train, the other half are unseen test classes."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import string
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from liftedstruct.datasets.base import Dataset, DatasetSource, Item
 from liftedstruct.datasets.glyph_render import Jitter, coincidences, render_faces
 from liftedstruct.errors import DatasetError
 from liftedstruct.files import file_digest
+from liftedstruct.paths import REPO_ROOT
 
 # 159 characters: the Latin letters and digits; the Greek letters whose shape
 # differs from every Latin one (capital Alpha, Beta, ... and small iota, kappa,
@@ -44,6 +46,8 @@ SMALL_CAPS = re.compile(r"small\s*caps", re.IGNORECASE)
 MERGE_FRACTION = 0.5
 JITTER = Jitter()
 DATA_SEED = 0  # jitter and split: part of the dataset, the same for every run
+# The faces the README's numbers were measured on (file, sha256, package).
+REFERENCE_FONTS = REPO_ROOT / "data" / "glyphs_fonts.json"
 
 
 @dataclass(frozen=True)
@@ -157,3 +161,29 @@ class Glyphs(DatasetSource):
         checksums = {"fonts": fingerprint,
                      "charset": hashlib.sha256(CHARSET.encode()).hexdigest()}
         return Dataset(self.name, splits["train"], splits["test"], checksums, details)
+
+
+def compare_fonts(fonts: list[dict], fingerprint: str,
+                  reference_file: Path = REFERENCE_FONTS) -> str:
+    """One line on whether a dataset's fonts are the README's set and, when
+    not, which faces are missing (with their package) or extra."""
+    reference = json.loads(reference_file.read_text())
+    if fingerprint == reference["fonts_sha256"]:
+        return (f"fonts: {len(fonts)} faces, sha256 {fingerprint[:12]}, the set the "
+                "README's numbers were measured on")
+    ours = {(f["file"], f["sha256"]) for f in fonts}
+    missing = [f for f in reference["fonts"] if (f["file"], f["sha256"]) not in ours]
+    theirs = {(f["file"], f["sha256"]) for f in reference["fonts"]}
+    extra = [f["file"] for f in fonts if (f["file"], f["sha256"]) not in theirs]
+    packages = sorted({f["package"] for f in missing})
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]['file']}; packages: "
+                     f"{' '.join(packages)})")
+    if extra:
+        parts.append(f"{len(extra)} not in it (e.g. {extra[0]})")
+    return (f"fonts: {len(fonts)} faces, sha256 {fingerprint[:12]}: NOT the set the README's "
+            f"numbers were measured on ({len(reference['fonts'])} faces, "
+            f"{reference['fonts_sha256'][:12]}; {', '.join(parts) or 'other order'}); "
+            f"expect other numbers (faces: data/manifest.json; the README's: "
+            f"{reference_file.name})")
