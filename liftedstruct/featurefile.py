@@ -30,13 +30,20 @@ def load_features(path: Path, blob: str | None = None) -> tuple[np.ndarray, np.n
     problem is a ScoringError naming the file and what is wrong."""
     if not path.is_file():
         raise ScoringError(f"{path}: no such file")
+    with path.open("rb") as handle:
+        head = handle.read(6)
+    # numpy would try anything without a zip or .npy header as a pickle and say so.
+    if head == b"\x93NUMPY":
+        raise ScoringError(f"{path}: a single array (.npy), not an .npz with 'features' "
+                           "and 'labels' arrays (np.savez(path, features=..., labels=...))")
+    if not head.startswith(b"PK"):
+        raise ScoringError(f"{path}: not a readable .npz ("
+                           f"{'empty file' if not head else 'not a zip archive'}; "
+                           "np.savez(path, features=..., labels=...) writes one)")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ScoringError(f"{path}: not a readable .npz ({error or 'empty file'})") from error
-    if isinstance(data, np.ndarray):
-        raise ScoringError(f"{path}: a single array (.npy), not an .npz with 'features' "
-                           "and 'labels' arrays (np.savez(path, features=..., labels=...))")
+        raise ScoringError(f"{path}: not a readable .npz ({error})") from error
     with data:
         key = feature_key(blob) if blob else "features"
         if key not in data.files:

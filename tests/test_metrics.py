@@ -194,13 +194,18 @@ def evaluate(*args):
 def test_evaluate_cli_bad_files_get_clear_messages(tmp_path):
     x, y = make_blobs(n_samples=30, centers=3, random_state=1)
     (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "text.npz").write_text("features,labels\n1,2\n")
+    np.savez(tmp_path / "cut.npz", features=x, labels=y)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:100])
     np.save(tmp_path / "array.npy", x)
     np.savez(tmp_path / "objects.npz", features=np.array([object()] * 30), labels=y)
     np.savez(tmp_path / "strings.npz", features=np.array([["a"]] * 30), labels=y)
     np.savez(tmp_path / "nan_labels.npz", features=x, labels=np.where(y == 1, np.nan, y))
     np.savez(tmp_path / "nolabels.npz", features=x)
     cases = {
-        "empty.npz": "not a readable .npz",
+        "empty.npz": "not a readable .npz (empty file;",
+        "text.npz": "not a readable .npz (not a zip archive;",
+        "cut.npz": "not a readable .npz (",
         "array.npy": "a single array (.npy), not an .npz",
         "objects.npz": "holds Python objects",
         "strings.npz": "expected numbers",
