@@ -168,10 +168,13 @@ class Pipeline:
         if self.state_path.exists():
             state = json.loads(self.state_path.read_text())
             if state.get("key") != self.key:
+                theirs = state.get("key") or {}
+                differ = ", ".join(f"{name} {theirs.get(name)} there, {value} now"
+                                   for name, value in self.key.items()
+                                   if theirs.get(name) != value)
                 raise PipelineError(
-                    f"{self.out} holds a run with other settings or weights "
-                    f"({state.get('key')}); give a new --out (an earlier run is never "
-                    "overwritten)")
+                    f"{self.out} holds a run with other settings or weights ({differ}); "
+                    "give a new --out (an earlier run is never overwritten)")
             return state
         if self.out.exists() and any(p.name != ".lock" for p in self.out.iterdir()):
             raise PipelineError(f"{self.out} exists and is not a run of this tool; "

@@ -76,6 +76,7 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     # Other settings into the same folder: refused, nothing overwritten.
     other = reproduce(*args[:-2], "--max-pairs", "2000")
     assert other.returncode == 2 and "other settings" in other.stderr
+    assert "max_pairs 3000 there, 2000 now" in other.stderr, other.stderr
 
 
 def test_cub_fixture_random_googlenet_all_stages(caffe, bvlc_googlenet_deploy, tmp_path):
@@ -96,7 +97,7 @@ def test_cub_fixture_random_googlenet_all_stages(caffe, bvlc_googlenet_deploy, t
     # The same folder with other weights (same path, new content): refused.
     caffe.set_random_seed(1)
     caffe.Net(str(bvlc_googlenet_deploy), caffe.TEST).save(str(weights))
-    with pytest.raises(PipelineError, match="other settings or weights"):
+    with pytest.raises(PipelineError, match="other settings or weights \\(weights_sha256 "):
         Pipeline(config).run()
 
 
