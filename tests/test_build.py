@@ -18,19 +18,19 @@ from liftedstruct.build.cmake import BuildOptions
 from liftedstruct.errors import BuildError
 from liftedstruct.files import UnsafeArchiveError, file_digest, safe_extract_tar
 
-ORIG = source.BUILD_DIR / "download" / source.ORIG_TARBALL
+ORIG = source.BUILD_DIR / "download" / source.CAFFE_SOURCE.orig
 
 
 def test_debian_orig_tarball_is_the_pinned_one():
     assert ORIG.exists(), "tools/setup.sh downloads it first"
-    assert file_digest(ORIG) == source.ORIG_SHA256
+    assert file_digest(ORIG) == source.CAFFE_SOURCE.sha256
 
 
 def test_local_tarball_as_caffe_src(tmp_path, monkeypatch):
     monkeypatch.setattr(source, "BUILD_DIR", tmp_path / "build")
     root, source_id = source.pristine_source(ORIG)
     assert (root / "src" / "caffe" / "proto" / "caffe.proto").exists()
-    assert source_id == f"tarball:{source.ORIG_SHA256}"
+    assert source_id == f"tarball:{source.CAFFE_SOURCE.sha256}"
 
 
 def test_extraction_without_python_filters(tmp_path, monkeypatch):

@@ -12,11 +12,10 @@ import sysconfig
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from liftedstruct.build import cuda, gtests
+from liftedstruct.build import cuda, gtests, opencv
 from liftedstruct.build.source import (
     BUILD_DIR,
-    DEBIAN_PACKAGE,
-    DEBIAN_VERSION,
+    CAFFE_SOURCE,
     LAYERS_DIR,
     log,
     prepare_tree,
@@ -40,11 +39,16 @@ class BuildOptions:
     cuda_arch: list[str] = field(default_factory=lambda: ["90"])
     cuda_from_wheels: bool = False
     all_tests: bool = False
+    # The portable kit's build: the minimal OpenCV of liftedstruct/build/opencv.py,
+    # no pycaffe, and only the libraries that are used linked in.
+    kit: bool = False
     jobs: int = os.cpu_count() or 2
     build_type: str = "Release"
 
     @property
     def variant(self) -> str:
+        if self.kit:
+            return "kit" if self.cuda else "kit-cpu"
         return ("cudnn" if self.cudnn else "cuda") if self.cuda else "cpu"
 
 
@@ -85,6 +89,13 @@ def cmake_arguments(work: Path, prefix: Path, options: BuildOptions) -> list[str
         "BUILD_only_tests": "" if options.all_tests
         else gtests.cmake_selection(options.cudnn),
     }
+    if options.kit:
+        entries.update({
+            "OpenCV_DIR": str(opencv.config_dir()),
+            "BUILD_python": "OFF",
+            "CMAKE_SHARED_LINKER_FLAGS": "-Wl,--as-needed",
+            "CMAKE_EXE_LINKER_FLAGS": "-Wl,--as-needed",
+        })
     if options.cuda:
         arch = " ".join(options.cuda_arch)
         entries.update({"CUDA_ARCH_NAME": "Manual", "CUDA_ARCH_BIN": arch,
@@ -118,9 +129,11 @@ def installed_options(prefix: Path | None = None) -> dict:
     return json.loads(stamp.read_text()).get("options", {}) if stamp.exists() else {}
 
 
-def build(caffe_src: Path | None, options: BuildOptions, force: bool = False) -> Path:
-    """Build and install Caffe with our layers; return the install prefix."""
-    prefix = caffe_root()
+def build(caffe_src: Path | None, options: BuildOptions, force: bool = False,
+          prefix: Path | None = None) -> Path:
+    """Build and install Caffe with our layers into prefix (default: the
+    project's Caffe install); return the prefix."""
+    prefix = prefix or caffe_root()
     pristine, source_id = pristine_source(caffe_src)
     key = build_key(source_id, options)
     stamp = prefix / STAMP
@@ -129,6 +142,8 @@ def build(caffe_src: Path | None, options: BuildOptions, force: bool = False) ->
         if recorded.get("key") == key:
             log(f"{prefix} is up to date (key {key[:12]})")
             return prefix
+    if options.kit:
+        opencv.build_opencv(options.jobs)
     work = BUILD_DIR / f"caffe-{options.variant}"
     prepare_tree(pristine, work)
     (work / "_b").mkdir(parents=True, exist_ok=True)
@@ -143,7 +158,7 @@ def build(caffe_src: Path | None, options: BuildOptions, force: bool = False) ->
     run(["cmake", "--install", str(work / "_b")], log_path=log_path)
     install_extras(work, prefix)
     record = {"key": key, "source": source_id, "options": asdict(options),
-              "debian_package": f"{DEBIAN_PACKAGE} {DEBIAN_VERSION}"}
+              "debian_package": f"{CAFFE_SOURCE.package} {CAFFE_SOURCE.version}"}
     atomic_write_text(stamp, json.dumps(record, indent=2) + "\n")
     log(f"installed into {prefix}")
     return prefix

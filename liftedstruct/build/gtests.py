@@ -11,6 +11,7 @@ class GTest:
     source: str  # src/caffe/test/test_<source>.cpp
     cases: tuple[str, ...]  # gtest test-case name fragments it defines
     cudnn_only: bool = False  # built for its CuDNN* cases in cuDNN builds
+    cudnn_cases: bool = False  # defines CuDNN<case>* tests (GPU-only)
 
 
 GTESTS = (
@@ -22,16 +23,16 @@ GTESTS = (
     GTest("inner_product_layer", ("InnerProduct",)),
     GTest("slice_layer", ("Slice",)),
     GTest("concat_layer", ("Concat",)),
-    GTest("pooling_layer", ("Pooling",)),
-    GTest("lrn_layer", ("LRN",)),
+    GTest("pooling_layer", ("Pooling",), cudnn_cases=True),
+    GTest("lrn_layer", ("LRN",), cudnn_cases=True),
     GTest("data_transformer", ("DataTransform",)),
     GTest("data_layer", ("DataLayer",)),
     GTest("gradient_based_solver", ("SGDSolver", "AdamSolver")),
     GTest("net", ("NetTest",)),
     # With cuDNN, the tests of the layers it replaces (their CuDNN* cases).
-    GTest("convolution_layer", ("Convolution",), cudnn_only=True),
-    GTest("neuron_layer", ("Neuron",), cudnn_only=True),
-    GTest("softmax_layer", ("Softmax",), cudnn_only=True),
+    GTest("convolution_layer", ("Convolution",), cudnn_only=True, cudnn_cases=True),
+    GTest("neuron_layer", ("Neuron",), cudnn_only=True, cudnn_cases=True),
+    GTest("softmax_layer", ("Softmax",), cudnn_only=True, cudnn_cases=True),
 )
 
 
@@ -47,3 +48,24 @@ def cmake_selection(cudnn: bool) -> str:
 def gtest_filter(cudnn: bool) -> str:
     """--gtest_filter for every case of the selected tests."""
     return ":".join(f"*{case}*" for test in selected(cudnn) for case in test.cases)
+
+
+# Our GPU-against-CPU test of the lifted layer (test case name).
+GPU_EQUALS_CPU = "LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest"
+OURS = ("lifted_struct_similarity_softmax_loss_layer", "triplet_loss_layer")
+
+
+def device_filter(cudnn: bool, gpu: bool, ours_only: bool = False) -> str:
+    """--gtest_filter for one device's cases: Caffe types its tests over
+    TestDtypesAndDevices (/0, /1 on the CPU, /2, /3 on the GPU); the CuDNN*
+    cases are GPU-only. GPU_EQUALS_CPU runs as a step of its own."""
+    indices = ("2", "3") if gpu else ("0", "1")
+    patterns = []
+    for test in selected(cudnn):
+        if ours_only and test.source not in OURS:
+            continue
+        for case in test.cases:
+            patterns += [f"{case}*/{index}.*" for index in indices]
+            if gpu and test.cudnn_cases:
+                patterns.append(f"CuDNN{case}*")
+    return ":".join(patterns) + f"-{GPU_EQUALS_CPU}*"

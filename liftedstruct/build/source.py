@@ -8,22 +8,36 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from liftedstruct.errors import BuildError
 from liftedstruct.files import file_digest, safe_extract_tar
 from liftedstruct.paths import REPO_ROOT
 
-# Debian 11 source package whose orig tarball is the BVLC tree at 99bd997.
-DEBIAN_PACKAGE = "caffe"
-DEBIAN_VERSION = "1.0.0+git20180821.99bd997-8"
-ORIG_TARBALL = "caffe_1.0.0+git20180821.99bd997.orig.tar.gz"
-ORIG_SHA256 = "e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c"
+
+@dataclass(frozen=True)
+class DebianSource:
+    """A Debian source package whose orig tarball is pinned by sha256."""
+
+    package: str
+    version: str
+    orig: str  # the orig tarball's file name
+    sha256: str
+    suite: str  # the Debian release whose deb-src list carries it
+
+    def deb_src_line(self) -> str:
+        return ("deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+                f"http://deb.debian.org/debian {self.suite} main\n")
+
+
+# Debian 11's caffe: its orig tarball is the BVLC tree at 99bd997.
+CAFFE_SOURCE = DebianSource(
+    package="caffe", version="1.0.0+git20180821.99bd997-8",
+    orig="caffe_1.0.0+git20180821.99bd997.orig.tar.gz",
+    sha256="e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c",
+    suite="bullseye")
 BVLC_COMMIT_PREFIX = "99bd997"
-DEB_SRC_LINE = (
-    "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-    "http://deb.debian.org/debian bullseye main\n"
-)
 
 LAYERS_DIR = REPO_ROOT / "caffe_layers"
 PATCHES_DIR = LAYERS_DIR / "patches"
@@ -83,25 +97,27 @@ def apt_options(apt_dir: Path) -> list[str]:
     ]
 
 
-def fetch_debian_orig(download_dir: Path) -> Path:
-    """apt-get source --download-only the pinned Debian package; verify it."""
-    tarball = download_dir / ORIG_TARBALL
-    if tarball.exists() and file_digest(tarball) == ORIG_SHA256:
+def fetch_debian_orig(source: DebianSource, download_dir: Path) -> Path:
+    """apt-get source --download-only a pinned Debian package (deb-src list and
+    apt state under build/, the machine's apt setup untouched); verify its
+    orig tarball."""
+    tarball = download_dir / source.orig
+    if tarball.exists() and file_digest(tarball) == source.sha256:
         return tarball
-    apt_dir = BUILD_DIR / "apt"
+    apt_dir = BUILD_DIR / ("apt" if source.suite == "bullseye" else f"apt-{source.suite}")
     for sub in ("lists/partial", "cache/archives/partial", "sources.list.d"):
         (apt_dir / sub).mkdir(parents=True, exist_ok=True)
-    (apt_dir / "sources.list").write_text(DEB_SRC_LINE)
+    (apt_dir / "sources.list").write_text(source.deb_src_line())
     download_dir.mkdir(parents=True, exist_ok=True)
     options = apt_options(apt_dir)
     run(["apt-get", *options, "update"])
     run(["apt-get", *options, "source", "--download-only",
-         f"{DEBIAN_PACKAGE}={DEBIAN_VERSION}"], cwd=download_dir)
+         f"{source.package}={source.version}"], cwd=download_dir)
     if not tarball.exists():
         raise BuildError(f"apt-get source did not produce {tarball}")
     actual = file_digest(tarball)
-    if actual != ORIG_SHA256:
-        raise BuildError(f"{tarball}: sha256 {actual}, expected {ORIG_SHA256}")
+    if actual != source.sha256:
+        raise BuildError(f"{tarball}: sha256 {actual}, expected {source.sha256}")
     return tarball
 
 
@@ -117,7 +133,7 @@ def caffe_tree_root(directory: Path) -> Path:
 
 
 def extract_tarball(tarball: Path, dest: Path) -> Path:
-    """Extract into a temporary folder, rename into place, return the tree."""
+    """Extract into a temporary folder, rename into place, return dest."""
     if dest.exists():
         shutil.rmtree(dest)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
@@ -127,7 +143,16 @@ def extract_tarball(tarball: Path, dest: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return caffe_tree_root(dest)
+    return dest
+
+
+def extract_once(tarball: Path, sha256: str, dest: Path) -> Path:
+    """dest holds tarball (whose digest is sha256) extracted; done once."""
+    stamp = dest / ".extracted-from"
+    if not (stamp.exists() and stamp.read_text() == sha256):
+        extract_tarball(tarball, dest)
+        stamp.write_text(sha256)
+    return dest
 
 
 def check_git_commit(source: Path) -> None:
@@ -147,13 +172,10 @@ def pristine_source(caffe_src: Path | None) -> tuple[Path, str]:
     """The pristine BVLC tree and a string that identifies it."""
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     if caffe_src is None:
-        tarball = fetch_debian_orig(BUILD_DIR / "download")
-        dest = BUILD_DIR / f"src-{BVLC_COMMIT_PREFIX}"
-        stamp = dest / ".extracted-from"
-        if not (stamp.exists() and stamp.read_text() == ORIG_SHA256):
-            extract_tarball(tarball, dest)
-            stamp.write_text(ORIG_SHA256)
-        return caffe_tree_root(dest), f"debian-orig:{ORIG_SHA256}"
+        tarball = fetch_debian_orig(CAFFE_SOURCE, BUILD_DIR / "download")
+        dest = extract_once(tarball, CAFFE_SOURCE.sha256,
+                            BUILD_DIR / f"src-{BVLC_COMMIT_PREFIX}")
+        return caffe_tree_root(dest), f"debian-orig:{CAFFE_SOURCE.sha256}"
     caffe_src = caffe_src.resolve()
     if not caffe_src.exists():
         raise BuildError(f"--caffe-src {caffe_src}: no such file or folder")
@@ -163,7 +185,7 @@ def pristine_source(caffe_src: Path | None) -> tuple[Path, str]:
         if not dest.exists():
             extract_tarball(caffe_src, dest)
         root = caffe_tree_root(dest)
-        if digest != ORIG_SHA256:
+        if digest != CAFFE_SOURCE.sha256:
             log(f"{caffe_src}: not the Debian orig tarball (sha256 {digest[:12]}); "
                 "using it as given")
         return root, f"tarball:{digest}"
@@ -199,7 +221,7 @@ def prepare_tree(pristine: Path, work: Path) -> None:
             if result.returncode != 0:
                 raise BuildError(f"{patch.name} does not apply:\n{result.stdout}"
                                  f"{result.stderr}")
-        for sub in ("include", "src"):
+        for sub in ("include", "src", "tools"):
             for path in tree_files(LAYERS_DIR / sub):
                 dest = staged / path.relative_to(LAYERS_DIR)
                 dest.parent.mkdir(parents=True, exist_ok=True)

@@ -394,4 +394,134 @@ TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerTest, TestNearDuplicates) {
   this->CheckAgainstReference(1e-5, 1e-3);
 }
 
+#ifndef CPU_ONLY
+// The GPU path against the CPU path on the same batch: both must agree to
+// float rounding, on ordinary and on degenerate batches.
+template <typename Dtype>
+class LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest
+    : public GPUDeviceTest<Dtype> {
+ protected:
+  LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest()
+      : data_(new Blob<Dtype>()), label_(new Blob<Dtype>()),
+        loss_(new Blob<Dtype>()) {
+    bottom_.push_back(data_.get());
+    bottom_.push_back(label_.get());
+    top_.push_back(loss_.get());
+  }
+
+  // num features of dim dimensions, Gaussian of the given norm; item i has
+  // label i % num_classes.
+  void MakeBatch(int num, int dim, double norm, int num_classes) {
+    data_->Reshape(num, dim, 1, 1);
+    label_->Reshape(num, 1, 1, 1);
+    FillerParameter filler_param;
+    filler_param.set_std(norm / std::sqrt(static_cast<double>(dim)));
+    GaussianFiller<Dtype> filler(filler_param);
+    filler.Fill(data_.get());
+    for (int i = 0; i < num; ++i) {
+      label_->mutable_cpu_data()[i] = i % num_classes;
+    }
+  }
+
+  // Moves the second half of the batch to within gap of the first half.
+  void MakeNearDuplicates(double gap) {
+    const int num = data_->num(), dim = data_->count() / num;
+    Dtype* x = data_->mutable_cpu_data();
+    for (int p = 0; p < num / 2; ++p) {
+      for (int c = 0; c < dim; ++c) {
+        x[(p + num / 2) * dim + c] = x[p * dim + c] +
+            gap * ((p + c) % 2 ? 1 : -1) / std::sqrt(static_cast<double>(dim));
+      }
+      label_->mutable_cpu_data()[p + num / 2] = label_->cpu_data()[p];
+    }
+  }
+
+  // Loss and gradient in the current mode; the diff starts as a sentinel.
+  void Run(Dtype* loss, vector<Dtype>* grad) {
+    LayerParameter param;
+    LiftedStructSimilaritySoftmaxLossLayer<Dtype> layer(param);
+    layer.SetUp(bottom_, top_);
+    layer.Forward(bottom_, top_);
+    loss_->mutable_cpu_diff()[0] = Dtype(1);
+    caffe_set(data_->count(), Dtype(7), data_->mutable_cpu_diff());
+    vector<bool> propagate_down(2, false);
+    propagate_down[0] = true;
+    layer.Backward(top_, propagate_down, bottom_);
+    *loss = loss_->cpu_data()[0];
+    grad->assign(data_->cpu_diff(), data_->cpu_diff() + data_->count());
+  }
+
+  void ExpectDevicesAgree(double tol) {
+    Dtype cpu_loss, gpu_loss;
+    vector<Dtype> cpu_grad, gpu_grad;
+    Caffe::set_mode(Caffe::CPU);
+    Run(&cpu_loss, &cpu_grad);
+    Caffe::set_mode(Caffe::GPU);
+    Run(&gpu_loss, &gpu_grad);
+    EXPECT_TRUE(std::isfinite(gpu_loss));
+    EXPECT_NEAR(gpu_loss, cpu_loss,
+                tol * std::max(Dtype(1), std::abs(cpu_loss)));
+    double largest = 0;
+    for (int i = 0; i < cpu_grad.size(); ++i) {
+      largest = std::max(largest, std::abs(static_cast<double>(cpu_grad[i])));
+    }
+    for (int i = 0; i < cpu_grad.size(); ++i) {
+      EXPECT_NEAR(gpu_grad[i], cpu_grad[i], tol * std::max(largest, 1e-30))
+          << "entry " << i;
+    }
+  }
+
+  shared_ptr<Blob<Dtype> > data_, label_, loss_;
+  vector<Blob<Dtype>*> bottom_, top_;
+};
+
+TYPED_TEST_CASE(LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest,
+    TestDtypes);
+
+TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest, TestPaperBatch) {
+  // The paper's batch: 128 embeddings of 512, 64 classes in pairs.
+  this->MakeBatch(128, 512, 1.0, 64);
+  this->ExpectDevicesAgree(1e-4);
+}
+
+TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest, TestFewClasses) {
+  this->MakeBatch(96, 64, 1.0, 3);
+  this->ExpectDevicesAgree(1e-4);
+}
+
+TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest, TestOneClass) {
+  this->MakeBatch(32, 16, 1.0, 1);  // no negatives: no loss
+  this->ExpectDevicesAgree(1e-4);
+}
+
+TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest,
+    TestAllDistinct) {
+  this->MakeBatch(32, 16, 1.0, 32);  // no positive pairs: no loss
+  this->ExpectDevicesAgree(1e-4);
+}
+
+TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest, TestBatchOfTwo) {
+  this->MakeBatch(2, 8, 1.0, 1);
+  this->ExpectDevicesAgree(1e-4);
+  this->MakeBatch(2, 8, 1.0, 2);
+  this->ExpectDevicesAgree(1e-4);
+}
+
+TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest,
+    TestNearDuplicates) {
+  this->MakeBatch(64, 256, 2.3, 32);
+  this->MakeNearDuplicates(1e-3);
+  this->ExpectDevicesAgree(1e-4);
+  this->MakeBatch(64, 256, 2.3, 32);
+  this->MakeNearDuplicates(1e-5);
+  this->ExpectDevicesAgree(1e-4);
+}
+
+TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerGPUvsCPUTest,
+    TestLargeDistances) {
+  this->MakeBatch(64, 32, 3000.0, 8);
+  this->ExpectDevicesAgree(1e-4);
+}
+#endif  // CPU_ONLY
+
 }  // namespace caffe
