@@ -15,7 +15,7 @@ from fixtures import make_cars196, make_cub, make_sop, write_image
 from liftedstruct.datasets import get_source, layouts
 from liftedstruct.datasets.prepare import PrepareOptions
 from liftedstruct.datasets.prepare import prepare as prepare_source
-from liftedstruct.errors import DatasetError, FolderLockedError
+from liftedstruct.errors import DatasetError, FolderLockedError, OutputError
 from liftedstruct.files import locked_folder
 from liftedstruct.images import datum_image
 from liftedstruct.lmdbio import read_datums
@@ -258,7 +258,7 @@ def test_bad_options_are_refused_before_any_work(caffe, tmp_path, monkeypatch):
             prepare("cub", raw, tmp_path / "out", options(**overrides))
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")
-    with pytest.raises(DatasetError, match="--out .*a_file/sub: cannot write there"):
+    with pytest.raises(OutputError, match="--out .*a_file/sub: .*a_file is a file"):
         prepare("cub", raw, blocker / "sub", options())
 
 

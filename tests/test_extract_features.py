@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import lmdb
@@ -211,3 +214,29 @@ def test_image_list_and_bad_inputs(caffe, tiny_net, tmp_path):
     missing = run_cli("--deploy", str(deploy), "--weights", str(tmp_path / "none"),
                       "--images", str(listing), "--out", str(tmp_path / "h.npz"))
     assert missing.returncode == 2 and "--weights" in missing.stderr
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder that refuses new files: read-only permissions, or for root
+    (whom permissions do not stop) sysfs, which refuses files to anyone."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def test_output_paths_are_checked_before_the_work(caffe, tiny_cub, tiny_net, tmp_path):
+    deploy, weights = tiny_net
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "file").write_text("in the way")
+    for out, message in ((unwritable_folder(tmp_path) / "f.npz", "--out .*: cannot write in"),
+                         (tmp_path / "taken", "--out .*taken: a folder is there"),
+                         (tmp_path / "file" / "f.npz", "--out .*: .*file is a file")):
+        result = run_cli("--deploy", str(deploy), "--weights", str(weights), "--lmdb",
+                         str(tiny_cub / "test_lmdb"), "--out", str(out))
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert re.search(message, result.stderr), result.stderr[-2000:]
+        assert f"features {out.name}:" not in result.stderr  # no image read (no progress)
+        assert "Traceback" not in result.stderr

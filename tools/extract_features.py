@@ -25,7 +25,8 @@ from liftedstruct.features import (
     extract,
     run_key,
 )
-from liftedstruct.paths import import_caffe
+from liftedstruct.files import check_writable
+from liftedstruct.paths import check_gpu, import_caffe
 from liftedstruct.weights import check_fit, net_parameters, upstream_layers
 
 
@@ -56,7 +57,9 @@ def main() -> int:
     for path, what in ((args.deploy, "--deploy"), (args.weights, "--weights")):
         if not path.is_file():
             raise ExtractionError(f"{what} {path}: no such file")
+    check_writable(args.out, "--out", kind="file")
     caffe = import_caffe()
+    check_gpu(args.gpu)
     if args.gpu is None:
         caffe.set_mode_cpu()
     else:
