@@ -1,6 +1,8 @@
 """The .npz files features travel in: `features` (or `features_<blob>` when a
-file holds several blobs), `labels`, `ids`. NumPy only, so that scoring a
-file needs neither OpenCV, LMDB nor Caffe."""
+file holds several blobs), `labels`, `ids` (the test LMDB's keys) and, from
+tools/extract_features.py, `run_key` (what they were computed from, as
+JSON). NumPy only, so that scoring a file needs neither OpenCV, LMDB nor
+Caffe."""
 
 from __future__ import annotations
 
