@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 import numpy as np
 
 PARTS = ("gemm", "knn", "faiss", "kmeans")

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
 from liftedstruct.constants import RECALL_K
 from liftedstruct.featurefile import load_features

@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
 from liftedstruct.constants import BATCH, METHODS
 from liftedstruct.datasets import DATASETS, get_source

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
 from liftedstruct.datasets import DATASETS
 from liftedstruct.errors import LiftedError
