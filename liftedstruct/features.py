@@ -113,13 +113,22 @@ class ImageListSource:
         self.items = []
         if not listing.is_file():
             raise ExtractionError(f"--images {listing}: no such file")
-        for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        try:
+            lines = listing.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ExtractionError(f"--images {listing}: not a text list ({error})") from error
+        first: dict[str, int] = {}
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                 raise ExtractionError(f"{listing}:{number}: expected 'path label', got "
                                       f"{line!r}")
+            if parts[0] in first:
+                raise ExtractionError(f"{listing}:{number}: {parts[0]} again (first at "
+                                      f"line {first[parts[0]]}); each image once")
+            first[parts[0]] = number
             self.items.append((parts[0], int(parts[1])))
         self.root, self.resize = root or listing.parent, resize
 

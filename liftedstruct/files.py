@@ -128,6 +128,16 @@ def check_writable(path: Path, option: str, kind: str = "folder") -> None:
                           f"({error.strerror or error})") from error
 
 
+def check_not_input(output: Path, option: str, inputs: dict[str, Path | None]) -> None:
+    """Refuse an output path that is one of the inputs (it would be
+    overwritten, the input lost): inputs maps their options to paths."""
+    for name, path in inputs.items():
+        if path is not None and output.exists() and path.exists() and \
+                output.resolve() == path.resolve():
+            raise OutputError(f"{option} {output} is also {name}; writing it would destroy "
+                              "that input: give another name")
+
+
 def is_disk_full(error: BaseException) -> bool:
     """An OSError that says the disk (or the quota) is full."""
     return isinstance(error, OSError) and error.errno in DISK_FULL

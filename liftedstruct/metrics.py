@@ -22,6 +22,9 @@ from liftedstruct.featurefile import check_features
 KMEANS_BACKENDS = ("faiss", "sklearn")
 
 
+SEARCH_BLOCK = 4096  # query rows per faiss search: bounds the N x K temporaries
+
+
 def nearest_neighbors(features: np.ndarray, k: int,
                       queries: np.ndarray | None = None) -> np.ndarray:
     """Indices of the k nearest other rows of each row (or of the given query
@@ -37,46 +40,59 @@ def nearest_neighbors(features: np.ndarray, k: int,
     n = len(features)
     if k < 1 or k > n - 1:
         raise ScoringError(f"K = {k}: must be between 1 and N - 1 = {n - 1}")
-    x = np.ascontiguousarray(features, dtype=np.float32)
+    x = np.ascontiguousarray(features, dtype=np.float32) + np.float32(0)  # -0.0 -> 0.0
     rows = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
-    unique, first, inverse = np.unique(x, axis=0, return_index=True, return_inverse=True)
-    # Groups of identical rows, numbered by their first row: faiss's order
-    # among equally distant groups (by id) is then the order of their rows.
+    # Groups of identical rows (their bytes), numbered by their first row:
+    # faiss's order among equally distant groups (by id) is then the order
+    # of their rows.
+    _, first, inverse = np.unique(x.view(np.dtype((np.void, x.itemsize * x.shape[1]))),
+                                  return_index=True, return_inverse=True)
+    by_first = np.argsort(first)
     rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(len(first))
-    groups, group_of = unique[np.argsort(first)], rank[inverse.reshape(-1)]
+    rank[by_first] = np.arange(len(first))
+    groups, group_of = x[first[by_first]], rank[inverse.reshape(-1)]
     members = np.argsort(group_of, kind="stable")  # rows by group, ascending
     counts = np.bincount(group_of, minlength=len(groups))
     starts = np.concatenate([[0], np.cumsum(counts)])
-    index = _flat_index(groups)
     query_groups = group_of[rows]
+    # The query positions of each group, for writing the answers.
+    by_group = np.argsort(query_groups, kind="stable")
+    query_starts = np.searchsorted(query_groups[by_group], np.arange(len(groups) + 1))
+    index = _flat_index(groups)
     result = np.empty((len(rows), k), dtype=np.int64)
     pending = np.unique(query_groups)
     width = min(len(groups), k + 1)
     while len(pending):
-        distances, found = index.search(groups[pending], width)
-        # Queries whose own group and found groups are single rows: faiss's
-        # (distance, id) order is already (distance, index).
-        simple = (counts[pending] == 1) & (counts[found] == 1).all(axis=1)
-        if simple.any():
-            hits = found[simple]
-            pick = np.argsort(hits == pending[simple, None], axis=1, kind="stable")[:, :k]
-            chosen = members[starts[np.take_along_axis(hits, pick, axis=1)]]
-            slot = np.full(len(groups), -1)
-            slot[pending[simple]] = np.arange(int(simple.sum()))
-            into = slot[query_groups] >= 0
-            result[into] = chosen[slot[query_groups[into]]]
         retry = []
-        for query in np.flatnonzero(~simple):
-            group = pending[query]
-            others = _other_rows(group, found[query], distances[query], members, counts,
-                                 starts, k, exact=width >= len(groups))
-            if others is None:
-                retry.append(group)
-                continue
-            own = members[starts[group]:starts[group + 1]]
-            for position in np.flatnonzero(query_groups == group):
-                result[position] = np.concatenate([own[own != rows[position]], others])[:k]
+        for block in range(0, len(pending), SEARCH_BLOCK):
+            searched = pending[block:block + SEARCH_BLOCK]
+            distances, found = index.search(groups[searched], width)
+            # Queries whose own group and found groups are single rows:
+            # faiss's (distance, id) order is already (distance, index).
+            simple = (counts[searched] == 1) & (counts[found] == 1).all(axis=1)
+            if simple.any():  # then width = k + 1: every group is a single row
+                hits = found[simple]
+                pick = np.argsort(hits == searched[simple, None], axis=1,
+                                  kind="stable")[:, :k]
+                chosen = members[starts[np.take_along_axis(hits, pick, axis=1)]]
+                # Every query position of those groups (a row may be asked twice).
+                first_position = query_starts[searched[simple]]
+                repeats = query_starts[searched[simple] + 1] - first_position
+                offsets = np.arange(int(repeats.sum())) - np.repeat(
+                    np.cumsum(repeats) - repeats, repeats)
+                result[by_group[np.repeat(first_position, repeats) + offsets]] = np.repeat(
+                    chosen, repeats, axis=0)
+            for query in np.flatnonzero(~simple):
+                group = searched[query]
+                others = _other_rows(group, found[query], distances[query], members,
+                                     counts, starts, k, exact=width >= len(groups))
+                if others is None:
+                    retry.append(group)
+                    continue
+                own = members[starts[group]:starts[group + 1]]
+                for position in by_group[query_starts[group]:query_starts[group + 1]]:
+                    result[position] = np.concatenate([own[own != rows[position]],
+                                                       others])[:k]
         pending = np.array(retry, dtype=np.int64)
         width = min(len(groups), 2 * width)
     return result
@@ -275,6 +291,9 @@ def score(features: np.ndarray, labels: np.ndarray, ks: Sequence[int],
     if len(classes) < 2:
         raise ScoringError(f"{source}: a single class; retrieval and clustering "
                            "scores need at least two")
+    if counts.max() < 2:
+        raise ScoringError(f"{source}: every class has a single item, so no query has a "
+                           "match to retrieve; Recall@K and MAP@R need a class of two")
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
         raise ScoringError(f"K must be at least 1, got {ks[:1] or 'none'}")

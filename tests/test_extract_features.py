@@ -214,6 +214,23 @@ def test_image_list_and_bad_inputs(caffe, tiny_net, tmp_path):
     missing = run_cli("--deploy", str(deploy), "--weights", str(tmp_path / "none"),
                       "--images", str(listing), "--out", str(tmp_path / "h.npz"))
     assert missing.returncode == 2 and "--weights" in missing.stderr
+    # An --out that is an input would be overwritten: refused, the input kept.
+    before = weights.read_bytes()
+    onto = run_cli("--deploy", str(deploy), "--weights", str(weights), "--images",
+                   str(listing), "--resize", "72", "--out", str(weights))
+    assert onto.returncode == 2 and "is also --weights" in onto.stderr, onto.stderr[-2000:]
+    assert weights.read_bytes() == before
+    # A repeated image (it would count twice in every score), a binary list.
+    listing.write_text("im0.jpg 0\nim1.jpg 1\nim0.jpg 0\n")
+    repeated = run_cli("--deploy", str(deploy), "--weights", str(weights), "--images",
+                       str(listing), "--resize", "72", "--out", str(tmp_path / "r.npz"))
+    assert repeated.returncode == 2, repeated.stderr[-2000:]
+    assert "list.txt:3: im0.jpg again (first at line 1)" in repeated.stderr
+    listing.write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not a list")
+    binary = run_cli("--deploy", str(deploy), "--weights", str(weights), "--images",
+                     str(listing), "--out", str(tmp_path / "b.npz"))
+    assert binary.returncode == 2 and "not a text list" in binary.stderr
+    assert "Traceback" not in repeated.stderr + binary.stderr
 
 
 def test_a_kill_while_a_part_is_saved_does_not_block_the_resume(caffe, tiny_cub, tiny_net,

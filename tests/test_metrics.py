@@ -43,14 +43,17 @@ def brute_force_neighbors(x, k, rows=None):
     return np.array(out)
 
 
-def test_knn_ties_go_to_the_lower_index():
+@pytest.mark.parametrize("block", [metrics.SEARCH_BLOCK, 7])
+def test_knn_ties_go_to_the_lower_index(monkeypatch, block):
+    monkeypatch.setattr(metrics, "SEARCH_BLOCK", block)  # 7: many search blocks
     rng = np.random.default_rng(0)
     for n, dim in ((57, 2), (200, 3), (9, 1)):
         x = rng.integers(0, 3, size=(n, dim)).astype(np.float32)  # ties, duplicates
+        x[::7] += rng.normal(size=(len(x[::7]), dim)).astype(np.float32)  # and neither
         for k in (1, 5, n - 1):
             np.testing.assert_array_equal(metrics.nearest_neighbors(x, k),
                                           brute_force_neighbors(x, k))
-            rows = rng.choice(n, size=4, replace=False)
+            rows = rng.integers(0, n, size=6)  # a row may be asked twice
             np.testing.assert_array_equal(metrics.nearest_neighbors(x, k, rows),
                                           brute_force_neighbors(x, k, rows))
 
@@ -68,6 +71,10 @@ def test_knn_exact_duplicates_in_many_dimensions():
     np.testing.assert_array_equal(nn[150, :3], [5, 100, 399])
     np.testing.assert_array_equal(nn[300, :2], [7, 20])
     np.testing.assert_array_equal(nn, brute_force_neighbors(x, 10))
+    # -0.0 and 0.0 are one value: rows that differ only there are copies.
+    signed = np.array([[-0.0, 1.0], [5.0, 5.0], [0.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(metrics.nearest_neighbors(signed, 2), [[2, 1], [0, 2],
+                                                                          [0, 1]])
 
 
 def test_knn_refuses_k_outside_1_to_n_minus_1():
@@ -215,6 +222,19 @@ def test_evaluate_cli_bad_files_get_clear_messages(tmp_path):
         assert result.returncode == 2, (name, result.stderr)
         assert message in result.stderr, (name, result.stderr)
         assert "Traceback" not in result.stderr, name
+
+
+def test_evaluate_cli_never_writes_over_its_input_and_names_the_file(tmp_path):
+    x, y = make_blobs(n_samples=40, centers=4, random_state=2)
+    np.savez(tmp_path / "f.npz", features=x, labels=y)
+    before = (tmp_path / "f.npz").read_bytes()
+    result = evaluate(tmp_path / "f.npz", "--json", tmp_path / "f.npz")
+    assert result.returncode == 2 and "is also the features file" in result.stderr
+    assert (tmp_path / "f.npz").read_bytes() == before
+    np.savez(tmp_path / "single.npz", features=x[:4], labels=np.arange(4))
+    result = evaluate(tmp_path / "single.npz", "--k", "1")
+    assert result.returncode == 2, result.stderr
+    assert "single.npz: every class has a single item" in result.stderr
 
 
 def test_evaluate_cli_writes_json_into_a_new_folder(tmp_path):

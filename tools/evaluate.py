@@ -17,7 +17,7 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from liftedstruct import cli
 from liftedstruct.constants import RECALL_K
 from liftedstruct.featurefile import load_features
-from liftedstruct.files import atomic_write_text, check_writable
+from liftedstruct.files import atomic_write_text, check_not_input, check_writable
 from liftedstruct.metrics import KMEANS_BACKENDS, score
 
 
@@ -50,6 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.json:
         check_writable(args.json, "--json", kind="file")
+        check_not_input(args.json, "--json", {"the features file": args.features})
     features, labels = load_features(args.features, args.blob)
     result = score(features, labels, args.k or RECALL_K[args.dataset],
                    cluster=args.cluster, seed=args.seed, source=str(args.features),

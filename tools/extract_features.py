@@ -27,7 +27,7 @@ from liftedstruct.features import (
     extract,
     run_key,
 )
-from liftedstruct.files import check_writable
+from liftedstruct.files import check_not_input, check_writable
 from liftedstruct.paths import check_gpu, import_caffe
 from liftedstruct.weights import check_fit, net_parameters, upstream_layers
 
@@ -60,6 +60,9 @@ def main() -> int:
         if not path.is_file():
             raise ExtractionError(f"{what} {path}: no such file")
     check_writable(args.out, "--out", kind="file")
+    check_not_input(args.out, "--out", {"--deploy": args.deploy, "--weights": args.weights,
+                                        "--train-val": args.train_val,
+                                        "--images": args.images})
     caffe = import_caffe()
     check_gpu(args.gpu)
     if args.gpu is None:
