@@ -38,7 +38,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _inside(name: str) -> bool:
+def inside(name: str) -> bool:
     """A relative POSIX path that stays below its folder."""
     normal = posixpath.normpath(name)
     return not (posixpath.isabs(name) or normal == ".." or normal.startswith("../"))
@@ -51,15 +51,15 @@ def check_tar_members(archive: tarfile.TarFile, where: str) -> list[tarfile.TarI
     members = archive.getmembers()
     for member in members:
         name = member.name
-        if not _inside(name) or "\0" in name:
+        if not inside(name) or "\0" in name:
             raise UnsafeArchiveError(f"{where}: member {name!r} leaves the folder")
         if member.issym():
             target = posixpath.join(posixpath.dirname(name), member.linkname)
-            if posixpath.isabs(member.linkname) or not _inside(target):
+            if posixpath.isabs(member.linkname) or not inside(target):
                 raise UnsafeArchiveError(f"{where}: link {name!r} -> {member.linkname!r} "
                                          "points outside the folder")
         elif member.islnk():
-            if not _inside(member.linkname):
+            if not inside(member.linkname):
                 raise UnsafeArchiveError(f"{where}: hard link {name!r} -> "
                                          f"{member.linkname!r} points outside the folder")
         elif not (member.isfile() or member.isdir()):
@@ -112,6 +112,11 @@ def check_writable(path: Path, option: str, kind: str = "folder") -> None:
             raise OutputError(f"{option} {path}: a file is there; give a folder")
         if kind == "file" and path.is_dir():
             raise OutputError(f"{option} {path}: a folder is there; give a file name")
+        if kind == "file" and not path.is_file():
+            # Written via a temporary file and a rename, a device or pipe
+            # (/dev/stdout) would be replaced by a plain file, not written to.
+            raise OutputError(f"{option} {path}: not a regular file (a device or pipe); "
+                              "give a file name")
     folder = path if kind == "folder" else path.parent
     existing = folder.absolute()
     while not existing.exists() and not existing.is_symlink():

@@ -193,6 +193,23 @@ class Pipeline:
                                 "give a new --out")
         return {"key": self.key, "done": [], "resumes": {}}
 
+    def _finished(self, stage: str) -> dict | None:
+        """The output of a stage recorded as done, if it is all there (the
+        scores for 'score', else {}); None when some of it is missing."""
+        if stage == "prepare":
+            return {} if (self.data_dir / "manifest.json").is_file() else None
+        if stage == "extract":
+            names = [*self.config.methods, self.baseline_name()]
+            return {} if all(self.features_path(n).is_file() for n in names) else None
+        if stage == "score":
+            try:
+                results = json.loads((self.out / "results.json").read_text())
+            except (OSError, ValueError):
+                return None
+            return results if isinstance(results, dict) and set(results) == set(
+                self.names()) else None
+        return {} if (self.out / "report" / "report.md").is_file() else None
+
     def _save_state(self, state: dict) -> None:
         atomic_write_text(self.state_path, json.dumps(state, indent=2) + "\n")
 
@@ -204,20 +221,24 @@ class Pipeline:
             (self.out / "logs").mkdir(exist_ok=True)
             self._save_state(state)
             results = {}
+            redo = False  # an earlier stage did work: every later one runs again
             for stage in STAGES:
                 label = f"[{stage}]"
-                if stage in state["done"] and stage != "train":
-                    print(f"{label} done earlier, skipped", flush=True)
-                    if stage == "score":
-                        results = json.loads((self.out / "results.json").read_text())
-                    continue
+                if stage in state["done"] and stage != "train" and not redo:
+                    found = self._finished(stage)
+                    if found is not None:
+                        print(f"{label} done earlier, skipped", flush=True)
+                        results = found if stage == "score" else results
+                        continue
+                    print(f"{label} done earlier, but its output is missing", flush=True)
                 print(f"{label} ...", flush=True)
                 started = time.monotonic()
+                redo = redo or stage != "train"
                 if stage == "prepare":
                     self.prepare()
                 elif stage == "train":
-                    for method in self.config.methods:
-                        self.train(method)
+                    trained = [self.train(method) for method in self.config.methods]
+                    redo = redo or any(trained)
                 elif stage == "extract":
                     self.extract_all()
                 elif stage == "score":
@@ -271,13 +292,15 @@ class Pipeline:
             self._params = self._net_parameters()
         return self._params
 
-    def train(self, method: str) -> Path:
+    def train(self, method: str) -> bool:
+        """Train one method unless its final snapshot is there and complete;
+        whether it trained."""
         net = self.run_net(method)
         paths = net.write()
         final = net.final_snapshot
         if final.exists() and snapshot_problem(final, self.params()) is None:
             print(f"  {method}: trained earlier ({final.name})", flush=True)
-            return final
+            return False
 
         def record_resume(iteration: int) -> None:
             resumes = self.state["resumes"].setdefault(method, [])
@@ -286,12 +309,11 @@ class Pipeline:
                 resumes.append(entry)
                 self._save_state(self.state)
 
-        return caffe_train(paths["solver"], final, net.max_iter,
-                           self.out / "logs" / f"train_{method}.log", method,
-                           params=self.params(),
-                           snapshot_every=net.solver_config().snapshot,
-                           weights=self.weights, gpu=self.config.gpu,
-                           on_resume=record_resume)
+        caffe_train(paths["solver"], final, net.max_iter,
+                    self.out / "logs" / f"train_{method}.log", method, params=self.params(),
+                    snapshot_every=net.solver_config().snapshot, weights=self.weights,
+                    gpu=self.config.gpu, on_resume=record_resume)
+        return True
 
     # ------------------------------------------------------------ extract
     def features_path(self, name: str) -> Path:

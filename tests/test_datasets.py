@@ -352,8 +352,11 @@ def lines_of(path: Path) -> list[str]:
     (lambda cub: (cub / "image_class_labels.txt").write_text(
         "1 201\n" + "".join(lines_of(cub / "image_class_labels.txt")[1:])),
      r"image_class_labels.txt:1: class id 201 is outside 1-200"),
+    (lambda cub: (cub / "images.txt").write_text(
+        "1 ../../elsewhere/bird.jpg\n" + "".join(lines_of(cub / "images.txt")[1:])),
+     r"images.txt:1: image path ../../elsewhere/bird.jpg leaves the dataset's folder"),
 ], ids=["repeated id", "repeated path", "repeated label id", "text class", "text id",
-        "class 201"])
+        "class 201", "path outside"])
 def test_cub_list_problems_name_file_and_line(tmp_path, change, message):
     raw = make_cub(tmp_path / "raw", classes=(1, 2, 101), per_class=4)
     change(raw / "CUB_200_2011")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -231,6 +232,10 @@ def test_evaluate_cli_never_writes_over_its_input_and_names_the_file(tmp_path):
     result = evaluate(tmp_path / "f.npz", "--json", tmp_path / "f.npz")
     assert result.returncode == 2 and "is also the features file" in result.stderr
     assert (tmp_path / "f.npz").read_bytes() == before
+    os.mkfifo(tmp_path / "pipe")  # a rename would replace it, not write to it
+    result = evaluate(tmp_path / "f.npz", "--json", tmp_path / "pipe")
+    assert result.returncode == 2 and "not a regular file" in result.stderr
+    assert (tmp_path / "pipe").is_fifo()
     np.savez(tmp_path / "single.npz", features=x[:4], labels=np.arange(4))
     result = evaluate(tmp_path / "single.npz", "--k", "1")
     assert result.returncode == 2, result.stderr

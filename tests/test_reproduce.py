@@ -98,6 +98,24 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
         snapshot = out / "train" / method / "snap_iter_40.caffemodel"
         assert key["weights"] == file_digest(snapshot), method
 
+    # The scores deleted, and the triplet net's final snapshot: the rerun
+    # trains what is missing and runs every later stage again.
+    (out / "results.json").unlink()
+    for path in (out / "train" / "triplet").glob("snap_iter_40.*"):
+        path.unlink()
+    third = reproduce(*args)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "triplet: resuming from snap_iter_30.solverstate" in third.stdout
+    assert "[extract] done earlier, skipped" not in third.stdout
+    results = check_results(out, ["lifted", "contrastive", "triplet", "raw"], "digits")
+    assert results["triplet"]["resumes"] == [{"stage": "train", "iteration": 30}]
+    assert stored_key(out / "features" / "triplet.npz")["weights"] == file_digest(
+        out / "train" / "triplet" / "snap_iter_40.caffemodel")
+    fourth = reproduce(*args)  # nothing left to do
+    assert fourth.returncode == 0 and "trained earlier" in fourth.stdout
+    for stage in ("prepare", "extract", "score", "report"):
+        assert f"[{stage}] done earlier, skipped" in fourth.stdout, fourth.stdout
+
     # Other settings into the same folder: refused, nothing overwritten.
     other = reproduce(*args[:-2], "--max-pairs", "2000")
     assert other.returncode == 2 and "other settings" in other.stderr

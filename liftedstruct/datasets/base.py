@@ -17,7 +17,13 @@ from typing import ClassVar
 import numpy as np
 
 from liftedstruct.errors import DatasetError
-from liftedstruct.files import UnsafeArchiveError, file_digest, is_disk_full, safe_extract_tar
+from liftedstruct.files import (
+    UnsafeArchiveError,
+    file_digest,
+    inside,
+    is_disk_full,
+    safe_extract_tar,
+)
 
 
 @dataclass
@@ -194,6 +200,15 @@ def refuse_repeats(rows: Iterable[Row], column: int, what: str) -> None:
             raise DatasetError(f"{row.where}: {what} {value} again (first at "
                                f"{first[value]}); each must appear once")
         first[value] = row.where
+
+
+def check_inside(rows: Iterable[Row], column: int, what: str) -> None:
+    """Paths relative to the dataset's folder that stay inside it: an
+    absolute path or one through '..' would take an image from elsewhere."""
+    for row in rows:
+        if not inside(str(row.fields[column])):
+            raise DatasetError(f"{row.where}: {what} {row.fields[column]} leaves the "
+                               "dataset's folder")
 
 
 def check_range(rows: Iterable[Row], column: int, low: int, high: int, what: str) -> None:

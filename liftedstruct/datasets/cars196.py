@@ -13,6 +13,7 @@ from liftedstruct.datasets.base import (
     DatasetSource,
     Item,
     Row,
+    check_inside,
     check_range,
     extract_archive,
     find_file,
@@ -88,6 +89,7 @@ class Cars196(DatasetSource):
         mat_path = find_file(root, "cars_annos.mat", "CARS196 annotations")
         rows = annotation_rows(mat_path)
         refuse_repeats(rows, 0, "relative_im_path")
+        check_inside(rows, 0, "relative_im_path")
         check_range(rows, 1, 1, self.classes, "class")
         base = mat_path.parent
         checksums = {mat_path.name: file_digest(mat_path)}

@@ -8,6 +8,7 @@ from liftedstruct.datasets.base import (
     Dataset,
     DatasetSource,
     Item,
+    check_inside,
     check_range,
     list_files,
     read_table,
@@ -33,6 +34,7 @@ class Cub(DatasetSource):
         label_rows = read_table(labels_txt, 2, integers=(0, 1))
         refuse_repeats(image_rows, 0, "image id")
         refuse_repeats(image_rows, 1, "image path")
+        check_inside(image_rows, 1, "image path")
         refuse_repeats(label_rows, 0, "image id")
         check_range(label_rows, 1, 1, self.classes, "class id")
         images = {row.fields[0]: row.fields[1] for row in image_rows}

@@ -9,6 +9,7 @@ from liftedstruct.datasets.base import (
     Dataset,
     DatasetSource,
     Item,
+    check_inside,
     list_files,
     read_table,
     refuse_repeats,
@@ -40,6 +41,7 @@ class Sop(DatasetSource):
         every = tables[0] + tables[1]
         refuse_repeats(every, 0, "image_id")
         refuse_repeats(every, 3, "path")
+        check_inside(every, 3, "path")
         train_classes = {row.fields[1]: row.where for row in tables[0]}
         for row in tables[1]:
             if row.fields[1] in train_classes:
