@@ -68,8 +68,12 @@ def check_gpu(gpu: int | None, option: str = "--gpu") -> None:
         raise CaffeMissingError(
             f"{option} {gpu}: {caffe_root()} is a CPU-only build of Caffe; leave out "
             f"{option} to run on the CPU, or build with CUDA (tools/setup.sh --cuda)")
-    query = subprocess.run([str(caffe_binary()), "device_query", f"-gpu={gpu}"],
-                           capture_output=True, text=True, timeout=300)
+    try:
+        query = subprocess.run([str(caffe_binary()), "device_query", f"-gpu={gpu}"],
+                               capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as error:
+        raise CaffeMissingError(f"{option} {gpu}: `caffe device_query` did not answer in "
+                                "5 minutes; is the GPU driver working (nvidia-smi)?") from error
     if query.returncode != 0:
         lines = [line for line in (query.stderr + query.stdout).splitlines()
                  if "Check failed" in line or "error" in line.lower()]
