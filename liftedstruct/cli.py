@@ -1,5 +1,6 @@
 """What every tool shares: one error path (a LiftedError ends the tool with
-its message and exit code 2, no traceback) and small argparse helpers."""
+its message and exit code 2, no traceback; so does a full disk, wherever it
+strikes) and small argparse helpers."""
 
 from __future__ import annotations
 
@@ -9,14 +10,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 from liftedstruct.errors import LiftedError
+from liftedstruct.files import is_disk_full
 
 
 def run(main: Callable[[], int | None]) -> int:
     """Call a tool's main; report a LiftedError as `<tool>: error: ...`."""
+    tool = Path(sys.argv[0]).stem
     try:
         return main() or 0
     except LiftedError as error:
-        print(f"{Path(sys.argv[0]).stem}: error: {error}", file=sys.stderr)
+        print(f"{tool}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"{tool}: error: disk full{where} ({error.strerror}); free some space "
+              "and run the same command again", file=sys.stderr)
         return 2
 
 

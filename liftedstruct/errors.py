@@ -43,3 +43,18 @@ class UnsafeArchiveError(LiftedError, ValueError):
 
 class FolderLockedError(LiftedError):
     """Another process is writing into the folder."""
+
+
+class LmdbError(LiftedError):
+    """A folder that is not an LMDB, or an LMDB whose values are not Caffe
+    image Datums."""
+
+
+class OutputError(LiftedError):
+    """An output path that cannot be written (checked before the work), or a
+    write that failed (a full disk)."""
+
+
+class CaffeMissingError(LiftedError):
+    """Caffe is not built (or CAFFE_ROOT points at no install), or it cannot
+    do what was asked (a GPU on a CPU-only build)."""

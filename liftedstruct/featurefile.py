@@ -1,6 +1,8 @@
 """The .npz files features travel in: `features` (or `features_<blob>` when a
-file holds several blobs), `labels`, `ids`. NumPy only, so that scoring a
-file needs neither OpenCV, LMDB nor Caffe."""
+file holds several blobs), `labels`, `ids` (the test LMDB's keys) and, from
+tools/extract_features.py, `run_key` (what they were computed from, as
+JSON). NumPy only, so that scoring a file needs neither OpenCV, LMDB nor
+Caffe."""
 
 from __future__ import annotations
 
@@ -18,9 +20,16 @@ def feature_key(blob: str) -> str:
 
 
 def save_features(path: Path, **arrays: np.ndarray) -> Path:
-    """np.savez via a temporary name: a half-written file never looks done."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    """np.savez via a temporary name: a half-written file never looks done.
+    The temporary name ends in .tmp, not .npz (np.savez given a file name
+    would add .npz), so that no pattern for finished files matches it."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     return path
 
@@ -60,6 +69,24 @@ def load_features(path: Path, blob: str | None = None) -> tuple[np.ndarray, np.n
     return check_features(features, labels, str(path), key)
 
 
+def load_ids(path: Path, count: int) -> np.ndarray:
+    """The `ids` array of a features file (the test LMDB's keys of its rows),
+    checked against the number of rows; needed to find the rows' images."""
+    with np.load(path, allow_pickle=False) as data:
+        if "ids" not in data.files:
+            raise ScoringError(f"{path}: no array 'ids' (the LMDB keys of its rows), so "
+                               "its images cannot be found; tools/extract_features.py "
+                               "writes it")
+        try:
+            ids = data["ids"]
+        except ValueError as error:
+            raise ScoringError(f"{path}: 'ids' holds Python objects, not keys") from error
+    if ids.dtype.kind not in "iuUS" or ids.shape != (count,):
+        raise ScoringError(f"{path}: 'ids' must be {count} keys (one per row), got dtype "
+                           f"{ids.dtype} and shape {ids.shape}")
+    return ids
+
+
 def check_features(features: np.ndarray, labels: np.ndarray, source: str = "input",
                    key: str = "features") -> tuple[np.ndarray, np.ndarray]:
     """N x C finite numbers, N finite labels; returns (features as float32,
@@ -86,10 +113,20 @@ def check_features(features: np.ndarray, labels: np.ndarray, source: str = "inpu
         rows = np.flatnonzero(~finite)
         raise ScoringError(f"{source}: {len(rows)} feature row(s) hold NaN or inf "
                            f"(first: row {rows[0]})")
-    largest = float(np.abs(features).max())
-    if largest > 0 and not 2.0**-60 <= largest <= 2.0**60:
-        # Rankings and clusterings do not change under a common scale; a power
-        # of two is exact, and keeps float32's squared distances finite and
-        # non-zero (float64 features may lie far outside float32's range).
-        features = features * 2.0 ** -np.frexp(largest)[1]
-    return features.astype(np.float32), labels
+    return standardize(features), labels
+
+
+def standardize(features: np.ndarray) -> np.ndarray:
+    """The features as float32, centred and scaled in float64 first: every
+    score depends only on distances (and k-means on their ratios), which a
+    common shift and a common scale leave alone, while float32 loses them to
+    a large offset (|x|^2 swamps |x - y|^2) or overflows on large values.
+    Scales are powers of two (exact); the result's largest coordinate lies in
+    [0.5, 1), or every coordinate is 0."""
+    x = _unit_scale(np.asarray(features, dtype=np.float64))  # the mean cannot overflow
+    return _unit_scale(x - x.mean(axis=0)).astype(np.float32)
+
+
+def _unit_scale(x: np.ndarray) -> np.ndarray:
+    largest = float(np.abs(x).max())
+    return np.ldexp(x, -np.frexp(largest)[1]) if largest > 0 else x

@@ -5,12 +5,12 @@ is only ever reused for the same weights, net, images and settings."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import lmdb
 import numpy as np
 from google.protobuf import text_format
 from tqdm import tqdm
@@ -20,8 +20,12 @@ from liftedstruct.errors import ExtractionError
 from liftedstruct.featurefile import feature_key, save_features
 from liftedstruct.files import atomic_write_text, file_digest
 from liftedstruct.images import datum_image, read_image
+from liftedstruct.lmdbio import open_lmdb, parse_datum
 
 CHUNK = 1024  # images per resumable part
+# A finished part; anything else in the parts folder (a temporary file of an
+# interrupted save) is not one.
+CHUNK_NAME = re.compile(r"chunk_(\d{9})\.npz")
 # A crop under this fraction of the stored image's side is refused unless
 # asked for: a deploy net for other inputs would silently see a small centre.
 MIN_CROP_FRACTION = 0.75
@@ -64,14 +68,16 @@ def preprocess(images: list[np.ndarray], transform: Transform) -> np.ndarray:
 
 
 class LmdbSource:
-    """Records of a test LMDB in key order: (id, label, image)."""
+    """Records of a test LMDB in key order: (id, label, image). The database
+    is open only while it is read (LMDB allows one handle per process)."""
 
     def __init__(self, path: Path, caffe_pb2):
-        if not (path / "data.mdb").exists():
-            raise ExtractionError(f"{path}: not an LMDB (no data.mdb)")
+        env = open_lmdb(path, "--lmdb")
+        try:
+            self.count = env.stat()["entries"]
+        finally:
+            env.close()
         self.path, self.caffe_pb2 = path, caffe_pb2
-        self.env = lmdb.open(str(path), readonly=True, lock=False)
-        self.count = self.env.stat()["entries"]
 
     def __len__(self) -> int:
         return self.count
@@ -81,18 +87,22 @@ class LmdbSource:
         return f"lmdb:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.count}"
 
     def read(self, start: int) -> Iterator[tuple[str, int, np.ndarray]]:
-        with self.env.begin() as txn:
-            cursor = txn.cursor()
-            cursor.first()
-            for _ in range(start):
-                cursor.next()
-            for key, value in cursor.iternext():
-                datum = self.caffe_pb2.Datum.FromString(value)
-                image = datum_image(datum)
-                if image is None:
-                    raise ExtractionError(f"{self.path} record {key.decode()}: "
-                                          "undecodable image")
-                yield key.decode(), datum.label, image
+        env = open_lmdb(self.path, "--lmdb")
+        try:
+            with env.begin() as txn:
+                cursor = txn.cursor()
+                cursor.first()
+                for _ in range(start):
+                    cursor.next()
+                for key, value in cursor.iternext():
+                    where = f"{self.path} record {key.decode(errors='replace')}"
+                    datum = parse_datum(value, where, self.caffe_pb2)
+                    image = datum_image(datum)
+                    if image is None:
+                        raise ExtractionError(f"{where}: undecodable image")
+                    yield key.decode(errors="replace"), datum.label, image
+        finally:
+            env.close()
 
 
 class ImageListSource:
@@ -103,13 +113,22 @@ class ImageListSource:
         self.items = []
         if not listing.is_file():
             raise ExtractionError(f"--images {listing}: no such file")
-        for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        try:
+            lines = listing.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ExtractionError(f"--images {listing}: not a text list ({error})") from error
+        first: dict[str, int] = {}
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             parts = line.rsplit(maxsplit=1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                 raise ExtractionError(f"{listing}:{number}: expected 'path label', got "
                                       f"{line!r}")
+            if parts[0] in first:
+                raise ExtractionError(f"{listing}:{number}: {parts[0]} again (first at "
+                                      f"line {first[parts[0]]}); each image once")
+            first[parts[0]] = number
             self.items.append((parts[0], int(parts[1])))
         self.root, self.resize = root or listing.parent, resize
 
@@ -150,12 +169,25 @@ def check_crop(source, transform: Transform, allow_small: bool) -> None:
             f"or pass --crop {transform.crop} to accept the centre crop")
 
 
+def stored_key(out: Path) -> dict | None:
+    """The run key a features file was extracted with (None if it has none
+    or cannot be read)."""
+    if not out.is_file():
+        return None
+    try:
+        with np.load(out, allow_pickle=False) as data:
+            return json.loads(str(data["run_key"])) if "run_key" in data.files else None
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
 def extract(net, source, blobs: list[str], transform: Transform, out: Path,
             key: dict | None = None, batch: int = 64) -> Path:
     """Run the net over source in chunks kept in out.parts/ so that an
-    interrupted run resumes, then write out via a temporary name. Parts left
-    by a run with another key (weights, net, images, blobs, transform) are
-    discarded, never mixed in."""
+    interrupted run resumes, then write out via a temporary name, with the
+    key (weights, net, images, blobs, transform) as its `run_key`. Parts left
+    by a run with another key are discarded, never mixed in; an out written
+    with the same key is kept as it is."""
     for blob in blobs:
         if blob not in net.blobs:
             raise ExtractionError(f"the net has no blob {blob!r} (blobs: "
@@ -168,15 +200,28 @@ def extract(net, source, blobs: list[str], transform: Transform, out: Path,
     key = key if key is not None else {"source": source.identity(), "blobs": list(blobs),
                                        "transform": asdict(transform)}
     key = json.loads(json.dumps(key))  # as stored: tuples become lists
+    if stored_key(out) == key:
+        print(f"{out}: extracted earlier with the same weights, net, images and settings",
+              flush=True)
+        return out
     if parts.exists():
-        stored = json.loads(key_file.read_text()) if key_file.exists() else None
+        try:
+            stored = json.loads(key_file.read_text())
+        except (OSError, ValueError):
+            stored = None
         if stored != key:
             print(f"{parts}: left by an extraction with other weights, net, images or "
                   "settings; starting over", flush=True)
             shutil.rmtree(parts)
     chunks = range(0, total, CHUNK)
-    done = {int(p.stem.split("_")[1]) for p in parts.glob("chunk_*.npz")} \
-        if parts.exists() else set()
+    done = set()
+    if parts.exists():
+        for path in parts.iterdir():
+            found = CHUNK_NAME.fullmatch(path.name)
+            if found:
+                done.add(int(found.group(1)))
+            elif path != key_file:
+                path.unlink()  # a part whose save was interrupted
     input_blob = net.inputs[0]
     try:
         with tqdm(total=total, desc=f"features {out.name}", unit="img") as bar:
@@ -206,7 +251,8 @@ def extract(net, source, blobs: list[str], transform: Transform, out: Path,
                               labels=np.array(labels),
                               **{feature_key(b): np.concatenate(outputs[b]) for b in blobs})
     except BaseException:
-        if parts.exists() and not any(parts.glob("chunk_*.npz")):
+        if parts.exists() and not any(CHUNK_NAME.fullmatch(p.name)
+                                      for p in parts.iterdir()):
             shutil.rmtree(parts)  # nothing worth resuming
         raise
     pieces = [np.load(parts / f"chunk_{start:09d}.npz") for start in chunks]
@@ -215,6 +261,6 @@ def extract(net, source, blobs: list[str], transform: Transform, out: Path,
     for blob in blobs:
         stacked = np.concatenate([p[feature_key(blob)] for p in pieces]).astype(np.float32)
         arrays["features" if len(blobs) == 1 else feature_key(blob)] = stacked
-    save_features(out, **arrays)
+    save_features(out, **arrays, run_key=np.array(json.dumps(key, sort_keys=True)))
     shutil.rmtree(parts)
     return out

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import posixpath
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from liftedstruct.errors import FolderLockedError, UnsafeArchiveError
+from liftedstruct.errors import FolderLockedError, OutputError, UnsafeArchiveError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -26,11 +30,15 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary name and rename: readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 
-def _inside(name: str) -> bool:
+def inside(name: str) -> bool:
     """A relative POSIX path that stays below its folder."""
     normal = posixpath.normpath(name)
     return not (posixpath.isabs(name) or normal == ".." or normal.startswith("../"))
@@ -43,15 +51,15 @@ def check_tar_members(archive: tarfile.TarFile, where: str) -> list[tarfile.TarI
     members = archive.getmembers()
     for member in members:
         name = member.name
-        if not _inside(name) or "\0" in name:
+        if not inside(name) or "\0" in name:
             raise UnsafeArchiveError(f"{where}: member {name!r} leaves the folder")
         if member.issym():
             target = posixpath.join(posixpath.dirname(name), member.linkname)
-            if posixpath.isabs(member.linkname) or not _inside(target):
+            if posixpath.isabs(member.linkname) or not inside(target):
                 raise UnsafeArchiveError(f"{where}: link {name!r} -> {member.linkname!r} "
                                          "points outside the folder")
         elif member.islnk():
-            if not _inside(member.linkname):
+            if not inside(member.linkname):
                 raise UnsafeArchiveError(f"{where}: hard link {name!r} -> "
                                          f"{member.linkname!r} points outside the folder")
         elif not (member.isfile() or member.isdir()):
@@ -75,8 +83,12 @@ def safe_extract_tar(path: Path, dest: Path) -> None:
 def locked_folder(folder: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on folder/.lock while writing into folder; a
     second writer is refused at once instead of interleaving with the first."""
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write there ({error.strerror or error})") \
+            from error
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,13 +100,49 @@ def locked_folder(folder: Path, what: str) -> Iterator[None]:
         os.close(handle)
 
 
-def check_writable(folder: Path, option: str) -> None:
-    """Fail early, naming the option, when folder cannot be created or written."""
+def check_writable(path: Path, option: str, kind: str = "folder") -> None:
+    """Fail before any work, naming the option, when path cannot be written:
+    a file where a folder is wanted (or the reverse), a file in the way of
+    the folders to be made, or a folder that refuses a new file (probed with
+    a temporary file, so read-only mounts count too). Creates nothing."""
+    if kind not in ("folder", "file"):
+        raise ValueError(kind)
+    if path.exists():
+        if kind == "folder" and not path.is_dir():
+            raise OutputError(f"{option} {path}: a file is there; give a folder")
+        if kind == "file" and path.is_dir():
+            raise OutputError(f"{option} {path}: a folder is there; give a file name")
+        if kind == "file" and not path.is_file():
+            # Written via a temporary file and a rename, a device or pipe
+            # (/dev/stdout) would be replaced by a plain file, not written to.
+            raise OutputError(f"{option} {path}: not a regular file (a device or pipe); "
+                              "give a file name")
+    folder = path if kind == "folder" else path.parent
+    existing = folder.absolute()
+    while not existing.exists() and not existing.is_symlink():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{option} {path}: {existing} is a file, so no folder can be "
+                          "made there")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
     except OSError as error:
-        raise PermissionError(f"{option} {folder}: cannot write there "
-                              f"({error.strerror or error})") from error
+        raise OutputError(f"{option} {path}: cannot write in {existing} "
+                          f"({error.strerror or error})") from error
+
+
+def check_not_input(output: Path, option: str, inputs: dict[str, Path | None]) -> None:
+    """Refuse an output path that is one of the inputs (it would be
+    overwritten, the input lost): inputs maps their options to paths."""
+    for name, path in inputs.items():
+        if path is not None and output.exists() and path.exists() and \
+                output.resolve() == path.resolve():
+            raise OutputError(f"{option} {output} is also {name}; writing it would destroy "
+                              "that input: give another name")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError that says the disk (or the quota) is full."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL

@@ -66,11 +66,16 @@ def process_images(items: list[Item], fmt: ImageFormat, workers: int,
 
 
 def datum_image(datum) -> np.ndarray | None:
-    """A Datum's image as BGR uint8 H x W x 3 (None if it does not decode)."""
+    """A Datum's image as BGR uint8 H x W x 3 (None if it does not decode: an
+    undecodable payload, or raw bytes that do not fill channels x H x W)."""
     if datum.encoded:
+        if not datum.data:
+            return None
         return cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
-    image = np.frombuffer(datum.data, np.uint8).reshape(
-        datum.channels, datum.height, datum.width).transpose(1, 2, 0)
+    shape = (datum.channels, datum.height, datum.width)
+    if datum.channels not in (1, 3) or min(shape) < 1 or len(datum.data) != np.prod(shape):
+        return None
+    image = np.frombuffer(datum.data, np.uint8).reshape(shape).transpose(1, 2, 0)
     if datum.channels == 1:
         image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
     return image

@@ -1,4 +1,6 @@
-"""Caffe Datums in LMDB: write whole databases atomically, read them back."""
+"""Caffe Datums in LMDB: write whole databases atomically, read them back
+checked (a folder that is not an LMDB, or values that are not Datums, are
+named as such)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import lmdb
 from tqdm import tqdm
+
+from liftedstruct.errors import LmdbError, OutputError
 
 
 def caffe_pb2():
@@ -55,10 +59,13 @@ def write_lmdb(path: Path, records: Iterable[bytes], total: int, desc: str,
                 txn.commit()
                 txn = env.begin(write=True)
         txn.commit()
-    except BaseException:
+    except BaseException as error:
         txn.abort()
         env.close()
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, lmdb.DiskError):
+            raise OutputError(f"disk full writing {tmp} ({error}); free some space and "
+                              "run the same command again") from error
         raise
     env.close()
     if path.exists():
@@ -66,19 +73,48 @@ def write_lmdb(path: Path, records: Iterable[bytes], total: int, desc: str,
     tmp.rename(path)
 
 
+def open_lmdb(path: Path, what: str = "") -> lmdb.Environment:
+    """An existing LMDB, read-only; an error naming it when it is none."""
+    name = f"{what} {path}".strip()
+    if not (path / "data.mdb").is_file():
+        raise LmdbError(f"{name}: not an LMDB (no data.mdb)")
+    try:
+        return lmdb.open(str(path), readonly=True, lock=False)
+    except lmdb.Error as error:
+        raise LmdbError(f"{name}: not a readable LMDB ({error})") from error
+
+
+def parse_datum(value: bytes, where: str, pb2=None):
+    """A Caffe Datum from an LMDB value; where names the LMDB and key."""
+    from google.protobuf.message import DecodeError
+
+    pb2 = pb2 or caffe_pb2()
+    try:
+        datum = pb2.Datum.FromString(value)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise LmdbError(f"{where}: not a Caffe Datum ({error}); give an LMDB written "
+                        "by tools/prepare_dataset.py or convert_imageset") from error
+    if not datum.data:
+        raise LmdbError(f"{where}: a Datum without image data (float_data or another "
+                        "message); give an LMDB of image Datums")
+    return datum
+
+
 def read_datums(path: Path, keys: Iterable[str] | None = None) -> Iterator:
-    """(key, Datum) of an LMDB in key order, or of the given keys only."""
+    """(key, Datum) of an LMDB in key order, or of the given keys only (None
+    for a key it does not hold)."""
     pb2 = caffe_pb2()
-    env = lmdb.open(str(path), readonly=True, lock=False)
+    env = open_lmdb(path)
     try:
         with env.begin() as txn:
             if keys is None:
                 for key, value in txn.cursor():
-                    yield key.decode(), pb2.Datum.FromString(value)
+                    yield key.decode(), parse_datum(value, f"{path} record {key!r}", pb2)
             else:
                 for key in keys:
                     value = txn.get(str(key).encode())
-                    yield str(key), None if value is None else pb2.Datum.FromString(value)
+                    yield str(key), None if value is None else parse_datum(
+                        value, f"{path} record {key!r}", pb2)
     finally:
         env.close()
 

@@ -1,16 +1,15 @@
 """The paper's retrieval and clustering scores, plus MAP@R and R-precision.
 
-Recall@K (Euclidean, query excluded), NMI (arithmetic normalisation), pairwise
-F1 from the contingency table, MAP@R and R-precision as defined in Musgrave
-et al., "A Metric Learning Reality Check" (2020).
+Recall@K (Euclidean, query excluded, one exact kNN: faiss's IndexFlatL2),
+NMI (arithmetic normalisation), pairwise F1 from the contingency table,
+MAP@R and R-precision as defined in Musgrave et al., "A Metric Learning
+Reality Check" (2020).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,101 +22,110 @@ from liftedstruct.featurefile import check_features
 KMEANS_BACKENDS = ("faiss", "sklearn")
 
 
-def nearest_neighbors(features: np.ndarray, k: int, block_rows: int = 2048,
-                      backend: str = "numpy") -> np.ndarray:
-    """Indices of each row's k nearest other rows by Euclidean distance.
+SEARCH_BLOCK = 4096  # query rows per faiss search: bounds the N x K temporaries
 
-    Exact, in row blocks, so memory stays at block_rows x N distances instead
-    of N x N. Ties are broken by the lower index, the same in every block.
+
+def nearest_neighbors(features: np.ndarray, k: int,
+                      queries: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the k nearest other rows of each row (or of the given query
+    rows only) by Euclidean distance: exact, through faiss's IndexFlatL2 (all
+    distances computed, in float32; score() centres and scales first).
+
+    Ties: rows at the same computed distance come in index order, and exact
+    duplicates of the query (equal in every coordinate) come first, in index
+    order. Identical rows are searched as one, because a float32 matrix
+    product may give them slightly different distances; every copy of a row
+    then lies at one distance from any query.
     """
     n = len(features)
-    if k > n - 1:
-        raise ScoringError(f"K = {k} is larger than N - 1 = {n - 1}")
-    if backend == "faiss":
-        return _faiss_neighbors(features, k)
-    if backend != "numpy":
-        raise ScoringError(f"unknown kNN backend {backend!r} (numpy or faiss)")
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    sq_norms = np.einsum("ij,ij->i", x, x)
-    result = np.empty((n, k), dtype=np.int64)
-    threads = os.cpu_count() or 1
-    with ThreadPoolExecutor(threads) as pool:
-        for start in range(0, n, block_rows):
-            stop = min(n, start + block_rows)
-            # ||q||^2 is the same along a row, so it does not change the ranking.
-            dist = (-2.0 * x[start:stop]) @ x.T
-            dist += sq_norms[None, :]
-            rows = np.arange(stop - start)
-            dist[rows, rows + start] = np.inf  # the query itself
-            # numpy's sorts and partitions release the GIL: rows in parallel.
-            bounds = np.linspace(0, stop - start, threads + 1).astype(int)
-            chunks = [dist[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-            result[start:stop] = np.concatenate(list(pool.map(_smallest_k, chunks,
-                                                              [k] * len(chunks))))
+    if k < 1 or k > n - 1:
+        raise ScoringError(f"K = {k}: must be between 1 and N - 1 = {n - 1}")
+    x = np.ascontiguousarray(features, dtype=np.float32) + np.float32(0)  # -0.0 -> 0.0
+    rows = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    # Groups of identical rows (their bytes), numbered by their first row:
+    # faiss's order among equally distant groups (by id) is then the order
+    # of their rows.
+    _, first, inverse = np.unique(x.view(np.dtype((np.void, x.itemsize * x.shape[1]))),
+                                  return_index=True, return_inverse=True)
+    by_first = np.argsort(first)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[by_first] = np.arange(len(first))
+    groups, group_of = x[first[by_first]], rank[inverse.reshape(-1)]
+    members = np.argsort(group_of, kind="stable")  # rows by group, ascending
+    counts = np.bincount(group_of, minlength=len(groups))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    query_groups = group_of[rows]
+    # The query positions of each group, for writing the answers.
+    by_group = np.argsort(query_groups, kind="stable")
+    query_starts = np.searchsorted(query_groups[by_group], np.arange(len(groups) + 1))
+    index = _flat_index(groups)
+    result = np.empty((len(rows), k), dtype=np.int64)
+    pending = np.unique(query_groups)
+    width = min(len(groups), k + 1)
+    while len(pending):
+        retry = []
+        for block in range(0, len(pending), SEARCH_BLOCK):
+            searched = pending[block:block + SEARCH_BLOCK]
+            distances, found = index.search(groups[searched], width)
+            # Queries whose own group and found groups are single rows:
+            # faiss's (distance, id) order is already (distance, index).
+            simple = (counts[searched] == 1) & (counts[found] == 1).all(axis=1)
+            if simple.any():  # then width = k + 1: every group is a single row
+                hits = found[simple]
+                pick = np.argsort(hits == searched[simple, None], axis=1,
+                                  kind="stable")[:, :k]
+                chosen = members[starts[np.take_along_axis(hits, pick, axis=1)]]
+                # Every query position of those groups (a row may be asked twice).
+                first_position = query_starts[searched[simple]]
+                repeats = query_starts[searched[simple] + 1] - first_position
+                offsets = np.arange(int(repeats.sum())) - np.repeat(
+                    np.cumsum(repeats) - repeats, repeats)
+                result[by_group[np.repeat(first_position, repeats) + offsets]] = np.repeat(
+                    chosen, repeats, axis=0)
+            for query in np.flatnonzero(~simple):
+                group = searched[query]
+                others = _other_rows(group, found[query], distances[query], members,
+                                     counts, starts, k, exact=width >= len(groups))
+                if others is None:
+                    retry.append(group)
+                    continue
+                own = members[starts[group]:starts[group + 1]]
+                for position in by_group[query_starts[group]:query_starts[group + 1]]:
+                    result[position] = np.concatenate([own[own != rows[position]],
+                                                       others])[:k]
+        pending = np.array(retry, dtype=np.int64)
+        width = min(len(groups), 2 * width)
     return result
 
 
-def neighbors_of(features: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """The k nearest other rows of just the given query rows, exact, ties by
-    the lower index (as nearest_neighbors), without the N x N product."""
-    x = np.asarray(features, dtype=np.float32)
-    q = x[queries]
-    dist = np.einsum("ij,ij->i", x, x)[None, :] - 2.0 * (q @ x.T)
-    dist[np.arange(len(queries)), queries] = np.inf
-    return np.stack([_exact_row(row, k) for row in dist])
+def _other_rows(group: int, found: np.ndarray, distances: np.ndarray, members: np.ndarray,
+                counts: np.ndarray, starts: np.ndarray, k: int,
+                exact: bool) -> np.ndarray | None:
+    """The rows of the found groups (the query's own left out) by (distance,
+    index), as many as the query needs besides its own duplicates; None when
+    the k-th ties with the farthest group found (a group not found might tie)."""
+    need = k - (int(counts[group]) - 1)
+    if need <= 0:
+        return np.empty(0, dtype=np.int64)
+    keep = found != group
+    found, distances = found[keep], distances[keep]
+    rows = np.concatenate([members[starts[g]:starts[g + 1]] for g in found])
+    by = np.lexsort((rows, np.repeat(distances, counts[found])))
+    rows, sorted_distances = rows[by], np.repeat(distances, counts[found])[by]
+    if not exact and (len(rows) < need or sorted_distances[need - 1] >= distances[-1]):
+        return None
+    return rows[:need]
 
 
-def _smallest_k(dist: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the k smallest columns ordered by (distance, index).
-
-    A sample of every step-th column gives each row a threshold with about
-    1.5 k columns below it; only those candidates are sorted. Rows where the
-    threshold catches fewer than k fall back to a full partition, so the
-    answer is exact either way.
-    """
-    rows, n = dist.shape
-    if rows == 0:
-        return np.empty((0, k), dtype=np.int64)
-    step = max(1, n // max(1024, 4 * k))
-    sample = dist[:, ::step]
-    q = min(sample.shape[1] - 1, int(math.ceil(1.5 * k / step)) + 3)
-    threshold = np.partition(sample, q, axis=1)[:, q]
-    mask = dist <= threshold[:, None]
-    counts = np.count_nonzero(mask, axis=1)
-    row_of, col = np.nonzero(mask)  # row-major: columns ascend within a row
-    order = np.argsort(dist[row_of, col], kind="stable")  # ties keep column order
-    order = order[np.argsort(row_of[order], kind="stable")]
-    col = col[order]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    out = np.empty((rows, k), dtype=np.int64)
-    enough = counts >= k
-    out[enough] = col[starts[enough, None] + np.arange(k)]
-    for row in np.flatnonzero(~enough):
-        out[row] = _exact_row(dist[row], k)
-    return out
-
-
-def _exact_row(row: np.ndarray, k: int) -> np.ndarray:
-    """The k smallest of one row by (distance, index), ties included."""
-    kth = np.partition(row, k - 1)[k - 1]
-    candidates = np.flatnonzero(row <= kth)
-    return candidates[np.lexsort((candidates, row[candidates]))][:k]
-
-
-def _faiss_neighbors(features: np.ndarray, k: int) -> np.ndarray:
+def _flat_index(x: np.ndarray):
     try:
         import faiss
     except ImportError as error:
-        raise ScoringError("backend faiss: install faiss-cpu (or faiss-gpu)") from error
-    x = np.ascontiguousarray(features, dtype=np.float32)
+        raise ScoringError("the kNN needs faiss: install faiss-cpu (requirements.txt)") \
+            from error
     index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    _, found = index.search(x, k + 1)
-    out = np.empty((len(x), k), dtype=np.int64)
-    for row, candidates in enumerate(found):
-        others = [c for c in candidates if c != row][:k]
-        out[row] = others
-    return out
+    index.add(np.ascontiguousarray(x))
+    return index
 
 
 def recall_at_k(neighbors: np.ndarray, labels: np.ndarray,
@@ -273,14 +281,19 @@ class Scores:
 
 def score(features: np.ndarray, labels: np.ndarray, ks: Sequence[int],
           cluster: str = "kmeans", seed: int = 0, source: str = "input",
-          backend: str = "numpy", kmeans: str = "faiss") -> Scores:
-    """Every score of the paper (and MAP@R) for one embedding. `clustering`
-    in the result names the algorithm: kmeans-faiss, kmeans-sklearn or ap."""
+          kmeans: str = "faiss") -> Scores:
+    """Every score of the paper (and MAP@R) for one embedding, from features
+    centred and scaled first (check_features), so that a common shift or
+    scale of the features changes no score. `clustering` in the result names
+    the algorithm: kmeans-faiss, kmeans-sklearn or ap."""
     features, labels = check_features(features, labels, source)
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2:
         raise ScoringError(f"{source}: a single class; retrieval and clustering "
                            "scores need at least two")
+    if counts.max() < 2:
+        raise ScoringError(f"{source}: every class has a single item, so no query has a "
+                           "match to retrieve; Recall@K and MAP@R need a class of two")
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
         raise ScoringError(f"K must be at least 1, got {ks[:1] or 'none'}")
@@ -288,7 +301,7 @@ def score(features: np.ndarray, labels: np.ndarray, ks: Sequence[int],
         raise ScoringError(f"{source}: K = {ks[-1]} is larger than N - 1 = "
                            f"{len(features) - 1}")
     max_r = int(counts.max()) - 1
-    neighbors = nearest_neighbors(features, max(ks[-1], max_r), backend=backend)
+    neighbors = nearest_neighbors(features, max(ks[-1], max_r))
     recall = recall_at_k(neighbors[:, : ks[-1]], labels, ks)
     map_r, r_prec = map_at_r(features, labels, neighbors)
     if cluster == "kmeans":

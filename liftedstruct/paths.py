@@ -1,13 +1,19 @@
-"""Where things live: the repository, the Caffe install, pycaffe."""
+"""Where things live: the repository, the Caffe install, pycaffe; and what
+that install can do (a GPU needs a CUDA build)."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from liftedstruct.errors import CaffeMissingError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+NOT_BUILT = "build Caffe first with tools/setup.sh (or point CAFFE_ROOT at an install)"
 
 
 def caffe_root() -> Path:
@@ -18,10 +24,8 @@ def caffe_root() -> Path:
 def caffe_binary(name: str = "caffe") -> Path:
     """A program of the Caffe install (caffe, test.testbin, convert_imageset)."""
     path = caffe_root() / "bin" / name
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: build Caffe first with tools/setup.sh "
-            "(or point CAFFE_ROOT at an install)")
+    if not path.is_file():
+        raise CaffeMissingError(f"{path} not found: {NOT_BUILT}")
     return path
 
 
@@ -30,12 +34,48 @@ def import_caffe(quiet: bool = True) -> ModuleType:
     if quiet:
         os.environ.setdefault("GLOG_minloglevel", "2")
     python_dir = caffe_root() / "python"
-    if not (python_dir / "caffe" / "_caffe.so").exists():
-        raise FileNotFoundError(
-            f"{python_dir}/caffe/_caffe.so not found: build Caffe first with "
-            "tools/setup.sh (or point CAFFE_ROOT at an install)")
+    if not (python_dir / "caffe" / "_caffe.so").is_file():
+        raise CaffeMissingError(f"{python_dir}/caffe/_caffe.so not found: {NOT_BUILT}")
     if str(python_dir) not in sys.path:
         sys.path.insert(0, str(python_dir))
-    import caffe
-
+    try:
+        import caffe
+    except ImportError as error:
+        raise CaffeMissingError(f"{python_dir}: pycaffe does not import ({error}); "
+                                "rebuild with tools/setup.sh") from error
     return caffe
+
+
+def caffe_cpu_only() -> bool | None:
+    """Whether the install is a CPU-only build, from the CaffeConfig.cmake
+    that Caffe's CMake install writes (None when there is none)."""
+    config = caffe_root() / "share" / "Caffe" / "CaffeConfig.cmake"
+    if not config.is_file():
+        return None
+    found = re.search(r"set\(Caffe_CPU_ONLY\s+(\w+)\)", config.read_text())
+    return None if found is None else found.group(1).upper() in ("ON", "TRUE", "1")
+
+
+def check_gpu(gpu: int | None, option: str = "--gpu") -> None:
+    """Refuse a GPU the install cannot use, before any work: a negative id, a
+    CPU-only build, or (on a CUDA build) a device `caffe device_query` fails on."""
+    if gpu is None:
+        return
+    if gpu < 0:
+        raise CaffeMissingError(f"{option} {gpu}: a GPU id is 0 or more (leave out "
+                                f"{option} to run on the CPU)")
+    if caffe_cpu_only():
+        raise CaffeMissingError(
+            f"{option} {gpu}: {caffe_root()} is a CPU-only build of Caffe; leave out "
+            f"{option} to run on the CPU, or build with CUDA (tools/setup.sh --cuda)")
+    try:
+        query = subprocess.run([str(caffe_binary()), "device_query", f"-gpu={gpu}"],
+                               capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as error:
+        raise CaffeMissingError(f"{option} {gpu}: `caffe device_query` did not answer in "
+                                "5 minutes; is the GPU driver working (nvidia-smi)?") from error
+    if query.returncode != 0:
+        lines = [line for line in (query.stderr + query.stdout).splitlines()
+                 if "Check failed" in line or "error" in line.lower()]
+        reason = lines[0].split("] ")[-1] if lines else f"exit {query.returncode}"
+        raise CaffeMissingError(f"{option} {gpu}: Caffe cannot use this GPU ({reason})")

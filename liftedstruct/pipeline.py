@@ -2,7 +2,11 @@
 
 Everything is checked before anything is written: a run that cannot start
 leaves no trace, and a run folder only ever resumes the run it was made for
-(same settings, same dataset, same weights file content)."""
+(same settings, same dataset, same weights file content). Every stage but
+training resumes exactly; a training resumed from a solverstate cannot
+(Caffe's solverstate keeps neither the data reader's position nor the
+random state), so each such resume is recorded in state.json and, with the
+method's scores, in results.json and the report."""
 
 from __future__ import annotations
 
@@ -31,12 +35,12 @@ from liftedstruct.datasets.prepare import PrepareOptions, prepare
 from liftedstruct.errors import PipelineError
 from liftedstruct.featurefile import load_features, save_features
 from liftedstruct.features import LmdbSource, Transform, check_crop, extract, run_key
-from liftedstruct.files import atomic_write_text, file_digest, locked_folder
+from liftedstruct.files import atomic_write_text, check_writable, file_digest, locked_folder
 from liftedstruct.nets.derive import RunNet
 from liftedstruct.nets.template import deploy
-from liftedstruct.paths import import_caffe
+from liftedstruct.paths import check_gpu, import_caffe
 from liftedstruct.report import write_report
-from liftedstruct.training import caffe_train
+from liftedstruct.training import caffe_train, snapshot_problem
 from liftedstruct.weights import DEFAULT_PATH as GOOGLENET_WEIGHTS
 from liftedstruct.weights import check_fit, net_parameters, upstream_layers
 
@@ -114,6 +118,9 @@ class Pipeline:
         self.source = SOURCES[config.dataset]
         self._check_inputs()
         self.caffe = import_caffe()
+        check_gpu(config.gpu)
+        self.state: dict = {}
+        self._params: dict[str, list[int]] | None = None
         self.weights = self._weights()
         self.key = self._key()
 
@@ -128,6 +135,7 @@ class Pipeline:
             raise PipelineError(f"--root {config.root}: no such file or folder")
         if config.weights is not None and not config.weights.is_file():
             raise PipelineError(f"--weights {config.weights}: no such file")
+        check_writable(self.out, "--out")
 
     def _weights(self) -> Path | None:
         """The weights to start from (None: from scratch), checked against the
@@ -139,7 +147,7 @@ class Pipeline:
             raise PipelineError(
                 f"{weights}: the ImageNet GoogLeNet weights are needed to fine-tune; run "
                 "tools/fetch_weights.py (or --from a copy you have), or pass --weights")
-        needed = {name: sizes for name, sizes in self._net_parameters().items()
+        needed = {name: sizes for name, sizes in self.params().items()
                   if name != "fc_embedding"}
         check_fit(weights, needed, "fine-tuning")
         return weights
@@ -166,9 +174,13 @@ class Pipeline:
     # ------------------------------------------------------------ state
     def _load_state(self) -> dict:
         if self.state_path.exists():
-            state = json.loads(self.state_path.read_text())
-            if state.get("key") != self.key:
-                theirs = state.get("key") or {}
+            try:
+                state = json.loads(self.state_path.read_text())
+            except ValueError as error:
+                raise PipelineError(f"{self.state_path}: unreadable ({error}); give a new "
+                                    "--out") from error
+            if not isinstance(state, dict) or state.get("key") != self.key:
+                theirs = (state.get("key") if isinstance(state, dict) else None) or {}
                 differ = ", ".join(f"{name} {theirs.get(name)} there, {value} now"
                                    for name, value in self.key.items()
                                    if theirs.get(name) != value)
@@ -179,7 +191,24 @@ class Pipeline:
         if self.out.exists() and any(p.name != ".lock" for p in self.out.iterdir()):
             raise PipelineError(f"{self.out} exists and is not a run of this tool; "
                                 "give a new --out")
-        return {"key": self.key, "done": []}
+        return {"key": self.key, "done": [], "resumes": {}}
+
+    def _finished(self, stage: str) -> dict | None:
+        """The output of a stage recorded as done, if it is all there (the
+        scores for 'score', else {}); None when some of it is missing."""
+        if stage == "prepare":
+            return {} if (self.data_dir / "manifest.json").is_file() else None
+        if stage == "extract":
+            names = [*self.config.methods, self.baseline_name()]
+            return {} if all(self.features_path(n).is_file() for n in names) else None
+        if stage == "score":
+            try:
+                results = json.loads((self.out / "results.json").read_text())
+            except (OSError, ValueError):
+                return None
+            return results if isinstance(results, dict) and set(results) == set(
+                self.names()) else None
+        return {} if (self.out / "report" / "report.md").is_file() else None
 
     def _save_state(self, state: dict) -> None:
         atomic_write_text(self.state_path, json.dumps(state, indent=2) + "\n")
@@ -187,24 +216,29 @@ class Pipeline:
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         with locked_folder(self.out, "tools/reproduce.py"):
-            state = self._load_state()
+            state = self.state = self._load_state()
+            state.setdefault("resumes", {})
             (self.out / "logs").mkdir(exist_ok=True)
             self._save_state(state)
             results = {}
+            redo = False  # an earlier stage did work: every later one runs again
             for stage in STAGES:
                 label = f"[{stage}]"
-                if stage in state["done"] and stage != "train":
-                    print(f"{label} done earlier, skipped", flush=True)
-                    if stage == "score":
-                        results = json.loads((self.out / "results.json").read_text())
-                    continue
+                if stage in state["done"] and stage != "train" and not redo:
+                    found = self._finished(stage)
+                    if found is not None:
+                        print(f"{label} done earlier, skipped", flush=True)
+                        results = found if stage == "score" else results
+                        continue
+                    print(f"{label} done earlier, but its output is missing", flush=True)
                 print(f"{label} ...", flush=True)
                 started = time.monotonic()
+                redo = redo or stage != "train"
                 if stage == "prepare":
                     self.prepare()
                 elif stage == "train":
-                    for method in self.config.methods:
-                        self.train(method)
+                    trained = [self.train(method) for method in self.config.methods]
+                    redo = redo or any(trained)
                 elif stage == "extract":
                     self.extract_all()
                 elif stage == "score":
@@ -251,16 +285,35 @@ class Pipeline:
                       seed=config.seed, iterations=config.iterations, crop=config.crop,
                       batch=config.batch, gpu=config.gpu is not None)
 
-    def train(self, method: str) -> Path:
+    def params(self) -> dict[str, list[int]]:
+        """The nets' learnable layers and blob sizes (the same for every
+        method), to check snapshots with."""
+        if self._params is None:
+            self._params = self._net_parameters()
+        return self._params
+
+    def train(self, method: str) -> bool:
+        """Train one method unless its final snapshot is there and complete;
+        whether it trained."""
         net = self.run_net(method)
         paths = net.write()
         final = net.final_snapshot
-        if final.exists():
+        if final.exists() and snapshot_problem(final, self.params()) is None:
             print(f"  {method}: trained earlier ({final.name})", flush=True)
-            return final
-        return caffe_train(paths["solver"], final, net.max_iter,
-                           self.out / "logs" / f"train_{method}.log", method,
-                           weights=self.weights, gpu=self.config.gpu)
+            return False
+
+        def record_resume(iteration: int) -> None:
+            resumes = self.state["resumes"].setdefault(method, [])
+            entry = {"stage": "train", "iteration": iteration}
+            if entry not in resumes:
+                resumes.append(entry)
+                self._save_state(self.state)
+
+        caffe_train(paths["solver"], final, net.max_iter,
+                    self.out / "logs" / f"train_{method}.log", method, params=self.params(),
+                    snapshot_every=net.solver_config().snapshot, weights=self.weights,
+                    gpu=self.config.gpu, on_resume=record_resume)
+        return True
 
     # ------------------------------------------------------------ extract
     def features_path(self, name: str) -> Path:
@@ -301,19 +354,20 @@ class Pipeline:
         return caffe_pb2
 
     def extract_all(self) -> None:
+        """Each method's embedding from its final snapshot (kept when it was
+        extracted earlier from the same snapshot, net and images), and the
+        baseline's features."""
         (self.out / "features").mkdir(exist_ok=True)
         for method in self.config.methods:
-            out = self.features_path(method)
-            if not out.exists():
-                self._extract(method, self.run_net(method).final_snapshot, "fc_embedding",
-                              out)
+            self._extract(method, self.run_net(method).final_snapshot, "fc_embedding",
+                          self.features_path(method))
         baseline = self.baseline_name()
-        if not self.features_path(baseline).exists():
-            if baseline == "raw":
+        if baseline == "raw":
+            if not self.features_path(baseline).exists():
                 self._raw_features()
-            else:
-                self._extract(self.config.methods[0], self.weights, TRUNK_TOP,
-                              self.features_path(baseline))
+        else:
+            self._extract(self.config.methods[0], self.weights, TRUNK_TOP,
+                          self.features_path(baseline))
 
     def baseline_name(self) -> str:
         """Untrained features: the preprocessed pixels for the from-scratch
@@ -347,6 +401,7 @@ class Pipeline:
             scores = metrics.score(features, labels, ks, cluster=self.config.cluster,
                                    seed=self.config.seed, source=str(path),
                                    kmeans=self.config.kmeans).to_json()
+            scores["resumes"] = self.state.get("resumes", {}).get(name, [])
             atomic_write_text(self.out / "scores" / f"{name}.json",
                               json.dumps(scores, indent=2) + "\n")
             results[name] = scores

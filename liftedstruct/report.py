@@ -16,14 +16,59 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from liftedstruct.errors import LiftedError  # noqa: E402
-from liftedstruct.featurefile import load_features  # noqa: E402
+from liftedstruct.featurefile import load_features, load_ids  # noqa: E402
 from liftedstruct.files import atomic_write_text  # noqa: E402
-from liftedstruct.metrics import neighbors_of  # noqa: E402
+from liftedstruct.metrics import nearest_neighbors  # noqa: E402
 from liftedstruct.paths import REPO_ROOT  # noqa: E402
 
 PAPER_RESULTS = REPO_ROOT / "data" / "paper_results.json"
 METRIC_ORDER = ("nmi", "f1", "map@r", "r_precision")
 THUMBNAIL_LIMIT = 1500  # t-SNE points drawn as thumbnails up to this many
+TSNE_MIN_POINTS = 3  # t-SNE's perplexity (at least 2) must stay below the points
+RETRIEVED = 5  # neighbours per query in the retrieval grids (fewer if N - 1 is less)
+SCORE_KEY = re.compile(r"recall@\d+|nmi|f1|map@r|r_precision")
+
+
+def check_result(scores, source: str) -> dict:
+    """One method's scores as evaluate.py --json writes them: an object with
+    at least one recall@K, every score a number in [0, 1]."""
+    if not isinstance(scores, dict):
+        raise LiftedError(f"{source}: a JSON {type(scores).__name__}, not an object of "
+                          "scores (tools/evaluate.py --json writes one)")
+    if not recall_keys(scores):
+        raise LiftedError(f"{source}: no recall@K score (keys: "
+                          f"{', '.join(map(str, scores)) or 'none'})")
+    for key, value in scores.items():
+        if SCORE_KEY.fullmatch(key) and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+                or not 0 <= value <= 1):
+            raise LiftedError(f"{source}: {key} is {value!r}; a score is a number from 0 "
+                              "to 1")
+    resumes = scores.get("resumes", [])
+    if not isinstance(resumes, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("stage"), str)
+            and isinstance(r.get("iteration"), int) for r in resumes):
+        raise LiftedError(f"{source}: 'resumes' must be a list of {{stage, iteration}}, "
+                          f"got {resumes!r}")
+    return scores
+
+
+def resume_note(results: dict[str, dict]) -> str:
+    """One line naming every resumed stage of every method ('' when none):
+    a training resumed from a solverstate does not repeat the uninterrupted
+    run bit for bit, since Caffe's solverstate keeps neither the data
+    reader's position nor the random state (crops, mirrors)."""
+    parts = []
+    for method, scores in results.items():
+        stages = [f"{r['stage']} from iteration {r['iteration']}"
+                  for r in scores.get("resumes", [])]
+        if stages:
+            parts.append(f"{method} ({', '.join(stages)})")
+    if not parts:
+        return ""
+    return ("Resumed after an interruption: " + "; ".join(parts) + ". Training resumed "
+            "from a solverstate restarts the data reader and the random state (Caffe "
+            "keeps neither), so these numbers can differ from an uninterrupted run's")
 
 
 def recall_keys(scores: dict) -> list[str]:
@@ -170,11 +215,15 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return np.dstack([rgb, alpha]).astype(np.uint8)
 
 
-def retrieval_rows(features: np.ndarray, queries: int, seed: int) -> np.ndarray:
-    """Rows of (query, its 5 nearest neighbours), queries drawn with the seed."""
+def retrieval_rows(features: np.ndarray, queries: int, seed: int) -> np.ndarray | None:
+    """Rows of (query, its nearest neighbours: 5, or N - 1 when fewer), the
+    queries drawn with the seed; None when there is no other image."""
+    if len(features) < 2:
+        return None
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(features), size=min(queries, len(features)), replace=False)
-    return np.column_stack([chosen, neighbors_of(features, chosen, 5)])
+    neighbours = nearest_neighbors(features, min(RETRIEVED, len(features) - 1), chosen)
+    return np.column_stack([chosen, neighbours])
 
 
 def plot_retrieval(rows: np.ndarray, labels: np.ndarray, images: dict[int, np.ndarray],
@@ -223,33 +272,41 @@ def write_report(results: dict[str, dict], dataset: str, embedding: int, out: Pa
                  features: dict[str, Path] | None = None, images_lmdb: Path | None = None,
                  seed: int = 0, tsne_points: int = THUMBNAIL_LIMIT, queries: int = 6,
                  note: str = "") -> dict[str, Path]:
-    """report.md, report.json and the figures in out; returns what was written."""
+    """The figures, report.json and, last, report.md in out; returns what was
+    written. Every features file is checked before anything is written."""
+    loaded = {}
+    for method, path in (features or {}).items():
+        feats, labels = load_features(path)
+        ids = load_ids(path, len(feats)) if images_lmdb is not None else None
+        loaded[method] = feats, labels, ids
     out.mkdir(parents=True, exist_ok=True)
     table = comparison(results, dataset, embedding)
     written = {}
-    markdown = markdown_table(table, dataset, embedding)
-    atomic_write_text(out / "report.md", markdown + (f"\nData: {note}.\n" if note else ""))
-    atomic_write_text(out / "report.json", json.dumps(
-        {"dataset": dataset, "embedding": embedding, "methods": table, "data": note},
-        indent=2) + "\n")
-    written["report.md"], written["report.json"] = out / "report.md", out / "report.json"
     paper = {m: published(dataset, m, embedding) for m in results}
     written["recall"] = plot_recall_curves(
         results, out / "recall_at_k.png", f"{dataset}: Recall@K, embedding {embedding}", paper)
-    for method, path in (features or {}).items():
-        feats, labels = load_features(path)
-        ids = np.load(path)["ids"]
+    for method, (feats, labels, ids) in loaded.items():
         chosen = sample_points(len(feats), tsne_points, seed)
         thumbnails = images_lmdb is not None and len(chosen) <= THUMBNAIL_LIMIT
         rows = retrieval_rows(feats, queries, seed) if images_lmdb is not None else None
         needed = list(chosen if thumbnails else []) + list(rows.ravel() if rows is not None
                                                            else [])
         images = load_images(images_lmdb, ids, needed) if needed else {}
-        written[f"tsne_{method}"] = plot_tsne(
-            feats, labels, chosen, out / f"tsne_{method}.png", f"{dataset} {method}: t-SNE",
-            images if thumbnails else None, seed)
+        if len(chosen) >= TSNE_MIN_POINTS:
+            written[f"tsne_{method}"] = plot_tsne(
+                feats, labels, chosen, out / f"tsne_{method}.png",
+                f"{dataset} {method}: t-SNE", images if thumbnails else None, seed)
         if rows is not None:
             written[f"retrieval_{method}"] = plot_retrieval(
                 rows, labels, images, out / f"retrieval_{method}.png",
-                f"{dataset} {method}: query and 5 nearest neighbours")
+                f"{dataset} {method}: query and {rows.shape[1] - 1} nearest neighbours")
+    resumed = resume_note(results)
+    atomic_write_text(out / "report.json", json.dumps(
+        {"dataset": dataset, "embedding": embedding, "methods": table, "data": note,
+         "resumes": {m: r["resumes"] for m, r in results.items() if r.get("resumes")}},
+        indent=2) + "\n")
+    atomic_write_text(out / "report.md", markdown_table(table, dataset, embedding)
+                      + (f"\nData: {note}.\n" if note else "")
+                      + (f"\n{resumed}.\n" if resumed else ""))
+    written["report.json"], written["report.md"] = out / "report.json", out / "report.md"
     return written

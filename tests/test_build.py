@@ -4,6 +4,7 @@ itself is exercised by tools/setup.sh before the tests run)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -112,11 +113,33 @@ def test_build_key_follows_the_inputs(tmp_path, monkeypatch):
     monkeypatch.setattr(cmake, "LAYERS_DIR", layers)
     key = cmake.build_key("debian-orig:x", BuildOptions())
     assert key == cmake.build_key("debian-orig:x", BuildOptions())
+    # The number of parallel jobs changes how fast, not what, is built.
+    for jobs in (1, 3, 64):
+        assert key == cmake.build_key("debian-orig:x", BuildOptions(jobs=jobs))
     assert key != cmake.build_key("debian-orig:x", BuildOptions(cuda=True))
     assert key != cmake.build_key("tarball:y", BuildOptions())
     cu = next((layers / "src").rglob("*.cu"))
     cu.write_text(cu.read_text() + "\n// changed\n")
     assert key != cmake.build_key("debian-orig:x", BuildOptions())
+
+
+def test_another_core_count_does_not_rebuild(tmp_path, monkeypatch):
+    """An install stamped by a build with --jobs 2 is up to date for --jobs 7:
+    nothing is configured, compiled or installed again."""
+    monkeypatch.setenv("CAFFE_ROOT", str(tmp_path / "prefix"))
+    monkeypatch.setattr(cmake, "pristine_source", lambda src: (tmp_path, "debian-orig:x"))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError(f"rebuilt: {args}")
+
+    monkeypatch.setattr(cmake, "run", no_build)
+    monkeypatch.setattr(cmake, "prepare_tree", no_build)
+    (tmp_path / "prefix").mkdir()
+    key = cmake.build_key("debian-orig:x", BuildOptions(jobs=2))
+    (tmp_path / "prefix" / cmake.STAMP).write_text(json.dumps({"key": key}))
+    assert cmake.build(None, BuildOptions(jobs=7)) == tmp_path / "prefix"
+    with pytest.raises(AssertionError, match="rebuilt"):
+        cmake.build(None, BuildOptions(jobs=7, cuda=True))
 
 
 def test_patches_apply_to_the_pristine_tree(tmp_path, monkeypatch):

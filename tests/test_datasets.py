@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -15,8 +18,8 @@ from fixtures import make_cars196, make_cub, make_sop, write_image
 from liftedstruct.datasets import get_source, layouts
 from liftedstruct.datasets.prepare import PrepareOptions
 from liftedstruct.datasets.prepare import prepare as prepare_source
-from liftedstruct.errors import DatasetError, FolderLockedError
-from liftedstruct.files import locked_folder
+from liftedstruct.errors import DatasetError, FolderLockedError, OutputError
+from liftedstruct.files import file_digest, locked_folder
 from liftedstruct.images import datum_image
 from liftedstruct.lmdbio import read_datums
 from liftedstruct.lmdbio import read_labels as read_lmdb_labels
@@ -258,7 +261,7 @@ def test_bad_options_are_refused_before_any_work(caffe, tmp_path, monkeypatch):
             prepare("cub", raw, tmp_path / "out", options(**overrides))
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")
-    with pytest.raises(DatasetError, match="--out .*a_file/sub: cannot write there"):
+    with pytest.raises(OutputError, match="--out .*a_file/sub: .*a_file is a file"):
         prepare("cub", raw, blocker / "sub", options())
 
 
@@ -273,4 +276,183 @@ def test_cli_refuses_bad_numbers(tmp_path, args, message):
                              "--out", str(tmp_path / "out"), *args],
                             capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def cub_tar(folder: Path, archive: Path, mtime: int = 1_600_000_000) -> Path:
+    """An uncompressed CUB_200_2011.tar of folder with fixed member and
+    archive times: two such archives differ only where their files do."""
+    for path in folder.rglob("*"):
+        os.utime(path, (mtime, mtime))
+    with tarfile.open(archive, "w", format=tarfile.USTAR_FORMAT) as handle:
+        handle.add(folder, arcname="CUB_200_2011")
+    os.utime(archive, (mtime, mtime))
+    return archive
+
+
+def test_a_replaced_download_is_extracted_again(caffe, tmp_path):
+    """The extraction is keyed on the archive's content: a download with one
+    broken image stops the run; the complete one, saved under the same name
+    (same size and time, even), is extracted and prepared."""
+    raw = make_cub(tmp_path / "raw", classes=(1, 2, 101, 102), per_class=3)
+    folder = raw / "CUB_200_2011"
+    image = folder / "images" / "002.Bird_2" / "Bird_2_0001.jpg"
+    good = image.read_bytes()
+    broken = good[:20] + bytes(len(good) - 20)  # same size, pixels gone
+    image.write_bytes(broken)
+    (tmp_path / "dl").mkdir()
+    archive = cub_tar(folder, tmp_path / "dl" / "CUB_200_2011.tar")
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match="Bird_2_0001.jpg: not a decodable image"):
+        prepare("cub", archive, out, options(methods=("lifted",)))
+    first_size = archive.stat().st_size
+    image.write_bytes(good)
+    cub_tar(folder, archive)
+    assert archive.stat().st_size == first_size
+    manifest = prepare("cub", archive, out, options(methods=("lifted",)))
+    assert manifest["outputs"]["train_lifted_lmdb"]["images"] == 6
+    assert manifest["source_checksums"]["CUB_200_2011.tar"] == file_digest(archive)
+    # Another image replaced by other pixels (same size and time): the
+    # prepared LMDBs follow the archive, not the extracted copy's times.
+    test_image = folder / "images" / "101.Bird_101" / "Bird_101_0000.jpg"
+    before = [decode(d) for d in read_all(out / "test_lmdb")]
+    pixels = cv2.imdecode(np.frombuffer(test_image.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    ok, encoded = cv2.imencode(".jpg", 255 - pixels)
+    data = encoded.tobytes()
+    size = test_image.stat().st_size
+    assert ok and len(data) <= size
+    test_image.write_bytes(data + bytes(size - len(data)))  # JPEG ignores the tail
+    cub_tar(folder, archive)
+    prepare("cub", archive, out, options(methods=("lifted",)))
+    after = [decode(d) for d in read_all(out / "test_lmdb")]
+    assert not np.array_equal(before[0], after[0])
+    assert all(np.array_equal(b, a) for b, a in zip(before[1:], after[1:], strict=True))
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda cub: (cub / "images.txt").write_text(
+        "".join(lines_of(cub / "images.txt")) + "1 001.Bird_1/Bird_1_0001.jpg\n"),
+     r"images.txt:13: image id 1 again \(first at .*images.txt:1\)"),
+    (lambda cub: (cub / "images.txt").write_text(
+        "".join(lines_of(cub / "images.txt")) + "13 001.Bird_1/Bird_1_0001.jpg\n"),
+     r"images.txt:13: image path 001.Bird_1/Bird_1_0001.jpg again \(first at .*:2\)"),
+    (lambda cub: (cub / "image_class_labels.txt").write_text(
+        "".join(lines_of(cub / "image_class_labels.txt")[:-1]) + "1 101\n"),
+     r"image_class_labels.txt:12: image id 1 again"),
+    (lambda cub: (cub / "image_class_labels.txt").write_text(
+        "1 Black_footed_Albatross\n" + "".join(lines_of(cub / "image_class_labels.txt")[1:])),
+     r"image_class_labels.txt:1: field 2 is 'Black_footed_Albatross', not an integer"),
+    (lambda cub: (cub / "images.txt").write_text(
+        "one 001.Bird_1/Bird_1_0000.jpg\n" + "".join(lines_of(cub / "images.txt")[1:])),
+     r"images.txt:1: field 1 is 'one', not an integer"),
+    (lambda cub: (cub / "image_class_labels.txt").write_text(
+        "1 201\n" + "".join(lines_of(cub / "image_class_labels.txt")[1:])),
+     r"image_class_labels.txt:1: class id 201 is outside 1-200"),
+    (lambda cub: (cub / "images.txt").write_text(
+        "1 ../../elsewhere/bird.jpg\n" + "".join(lines_of(cub / "images.txt")[1:])),
+     r"images.txt:1: image path ../../elsewhere/bird.jpg leaves the dataset's folder"),
+], ids=["repeated id", "repeated path", "repeated label id", "text class", "text id",
+        "class 201", "path outside"])
+def test_cub_list_problems_name_file_and_line(tmp_path, change, message):
+    raw = make_cub(tmp_path / "raw", classes=(1, 2, 101), per_class=4)
+    change(raw / "CUB_200_2011")
+    with pytest.raises(DatasetError, match=message):
+        prepare("cub", raw, tmp_path / "out", options())
+    assert not (tmp_path / "out" / "test_lmdb").exists()
+
+
+def test_sop_list_problems_name_file_and_line(tmp_path):
+    zipped = make_sop(tmp_path / "sop", archive=True)
+    with zipfile.ZipFile(zipped) as handle:
+        handle.extractall(tmp_path / "unzipped")
+    base = tmp_path / "unzipped" / "Stanford_Online_Products"
+    train, test = base / "Ebay_train.txt", base / "Ebay_test.txt"
+    original = {path: path.read_text() for path in (train, test)}
+    first_train = lines_of(train)[1]
+    cases = [
+        (test, lines_of(test)[:1] + [first_train.replace("1 1 2", "16 1 2", 1)]
+         + lines_of(test)[2:], r"Ebay_test.txt:2: image_id 16 again|path .* again"),
+        (train, lines_of(train) + [f"99 1 2 {first_train.split()[3]}\n"],
+         r"Ebay_train.txt:17: path chair_final/1000_0.JPG again \(first at .*:2\)"),
+        (train, lines_of(train)[:1] + [first_train.replace(" 1 2 ", " chair 2 ", 1)]
+         + lines_of(train)[2:], r"Ebay_train.txt:2: field 2 is 'chair', not an integer"),
+        (test, lines_of(test)[:1] + [lines_of(test)[1].replace(" 6 ", " 1 ", 1)]
+         + lines_of(test)[2:], r"Ebay_test.txt:2: class_id 1 is also a training class"),
+    ]
+    for path, lines, message in cases:
+        path.write_text("".join(lines))
+        with pytest.raises(DatasetError, match=message):
+            prepare("sop", tmp_path / "unzipped", tmp_path / "out", options())
+        path.write_text(original[path])
+    prepare("sop", tmp_path / "unzipped", tmp_path / "out", options(methods=("lifted",)))
+
+
+def rewrite_annotations(root: Path, change) -> None:
+    from scipy.io import loadmat, savemat
+
+    mat = loadmat(root / "cars_annos.mat")
+    change(mat["annotations"])
+    savemat(root / "cars_annos.mat", {"annotations": mat["annotations"],
+                                      "class_names": mat["class_names"]})
+
+
+def test_cars196_annotation_problems(tmp_path):
+    root = make_cars196(tmp_path / "cars")
+    mat = root / "cars_annos.mat"
+    original = mat.read_bytes()
+
+    def repeat_path(annotations):
+        annotations[0, 5]["relative_im_path"] = annotations[0, 2]["relative_im_path"]
+
+    def text_class(annotations):
+        annotations[0, 4]["class"] = np.array(["Audi"])
+
+    def class_197(annotations):
+        annotations[0, 0]["class"] = np.array([[197]])
+
+    for change, message in (
+            (repeat_path, r"annotation 6: relative_im_path car_ims/000003.jpg again "
+                          r"\(first at .*annotation 3\)"),
+            (text_class, r"annotation 5: class 'Audi' is not an integer"),
+            (class_197, r"annotation 1: class 197 is outside 1-196")):
+        rewrite_annotations(root, change)
+        with pytest.raises(DatasetError, match=message):
+            prepare("cars196", root, tmp_path / "out", options())
+        mat.write_bytes(original)
+    # What a failed download leaves under the name, and MATLAB's v7.3 format
+    # (HDF5 behind a 512-byte header that starts as MATLAB writes it).
+    mat.write_text("<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>\n")
+    with pytest.raises(DatasetError, match="an HTML page, not a MATLAB file"):
+        prepare("cars196", root, tmp_path / "out", options())
+    header = (b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 "
+              b"2024 HDF5 schema 1.00 .").ljust(116) + bytes(8) + b"\x00\x02IM"
+    mat.write_bytes(header.ljust(512, b"\x00") + b"\x89HDF\r\n\x1a\n" + bytes(200))
+    with pytest.raises(DatasetError, match="MATLAB v7.3 .HDF5. file"):
+        prepare("cars196", root, tmp_path / "out", options())
+    mat.write_bytes(original)
+    assert not (tmp_path / "out" / "raw-cars196").exists()  # checked before extracting
+    prepare("cars196", root, tmp_path / "out", options(methods=("lifted",)))
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("images.txt", "1 001.Bird_1/a.jpg\n1 001.Bird_1/b.jpg\n", "image id 1 again"),
+    ("cars_annos.mat", "<html>", "an HTML page"),
+], ids=["cub", "cars196"])
+def test_cli_dataset_problems_end_without_traceback(tmp_path, name, content, message):
+    if name == "images.txt":
+        root = make_cub(tmp_path / "raw", classes=(1, 101), per_class=2)
+        (root / "CUB_200_2011" / name).write_text(content)
+        dataset = "cub"
+    else:
+        root = make_cars196(tmp_path / "cars")
+        (root / name).write_text(content)
+        dataset = "cars196"
+    result = subprocess.run([sys.executable, str(TOOLS / "prepare_dataset.py"), dataset,
+                             "--root", str(root), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

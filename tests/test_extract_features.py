@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import lmdb
@@ -13,7 +16,7 @@ import pytest
 from liftedstruct import features
 from liftedstruct.errors import ExtractionError
 from liftedstruct.lmdbio import read_labels as read_lmdb_labels
-from liftedstruct.paths import REPO_ROOT
+from liftedstruct.paths import REPO_ROOT, caffe_cpu_only
 
 TOOLS = REPO_ROOT / "tools"
 TINY_DEPLOY = """
@@ -128,7 +131,7 @@ def test_resume_only_with_the_same_weights(caffe, tiny_cub, tiny_net, tmp_path,
     np.testing.assert_array_equal(resumed[4:], reference[4:])
     assert not parts.exists()
     # Cut off again, then resumed with other weights: nothing of the first
-    # model survives (the issue: rows 0-1023 came from the first model).
+    # model survives (its rows are not mixed into the second model's).
     caffe.set_random_seed(11)
     other = tmp_path / "other.caffemodel"
     caffe.Net(str(deploy), caffe.TEST).save(str(other))
@@ -211,3 +214,127 @@ def test_image_list_and_bad_inputs(caffe, tiny_net, tmp_path):
     missing = run_cli("--deploy", str(deploy), "--weights", str(tmp_path / "none"),
                       "--images", str(listing), "--out", str(tmp_path / "h.npz"))
     assert missing.returncode == 2 and "--weights" in missing.stderr
+    # An --out that is an input would be overwritten: refused, the input kept.
+    before = weights.read_bytes()
+    onto = run_cli("--deploy", str(deploy), "--weights", str(weights), "--images",
+                   str(listing), "--resize", "72", "--out", str(weights))
+    assert onto.returncode == 2 and "is also --weights" in onto.stderr, onto.stderr[-2000:]
+    assert weights.read_bytes() == before
+    # A repeated image (it would count twice in every score), a binary list.
+    listing.write_text("im0.jpg 0\nim1.jpg 1\nim0.jpg 0\n")
+    repeated = run_cli("--deploy", str(deploy), "--weights", str(weights), "--images",
+                       str(listing), "--resize", "72", "--out", str(tmp_path / "r.npz"))
+    assert repeated.returncode == 2, repeated.stderr[-2000:]
+    assert "list.txt:3: im0.jpg again (first at line 1)" in repeated.stderr
+    listing.write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not a list")
+    binary = run_cli("--deploy", str(deploy), "--weights", str(weights), "--images",
+                     str(listing), "--out", str(tmp_path / "b.npz"))
+    assert binary.returncode == 2 and "not a text list" in binary.stderr
+    assert "Traceback" not in repeated.stderr + binary.stderr
+
+
+def test_a_kill_while_a_part_is_saved_does_not_block_the_resume(caffe, tiny_cub, tiny_net,
+                                                                 tmp_path, monkeypatch):
+    """A kill while np.savez writes a part leaves its temporary file, cut
+    short, beside the finished parts; the rerun resumes past it."""
+    deploy, weights = tiny_net
+    from caffe.proto import caffe_pb2
+
+    monkeypatch.setattr(features, "CHUNK", 4)
+    source = features.LmdbSource(tiny_cub / "test_lmdb", caffe_pb2)
+    transform = features.Transform(crop=64)
+    key = features.run_key(weights, deploy, source, ["fc_embedding"], transform)
+
+    def run(out, src=source):
+        net = caffe.Net(str(deploy), str(weights), caffe.TEST)
+        return features.extract(net, src, ["fc_embedding"], transform, out, key)
+
+    reference = np.load(run(tmp_path / "a.npz"))["features"]
+    out = tmp_path / "b.npz"
+    with pytest.raises(CutOff):
+        run(out, interrupted(source, 6))
+    parts = tmp_path / "b.npz.parts"
+    for name in ("chunk_000000004.npz.tmp", "chunk_000000004.npz.tmp.npz"):
+        (parts / name).write_bytes(b"PK\x03\x04\x14\x00 cut short")
+    np.testing.assert_array_equal(np.load(run(out))["features"], reference)
+    assert not parts.exists()
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder that refuses new files: read-only permissions, or for root
+    (whom permissions do not stop) sysfs, which refuses files to anyone."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def test_output_paths_are_checked_before_the_work(caffe, tiny_cub, tiny_net, tmp_path):
+    deploy, weights = tiny_net
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "file").write_text("in the way")
+    for out, message in ((unwritable_folder(tmp_path) / "f.npz", "--out .*: cannot write in"),
+                         (tmp_path / "taken", "--out .*taken: a folder is there"),
+                         (tmp_path / "file" / "f.npz", "--out .*: .*file is a file")):
+        result = run_cli("--deploy", str(deploy), "--weights", str(weights), "--lmdb",
+                         str(tiny_cub / "test_lmdb"), "--out", str(out))
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert re.search(message, result.stderr), result.stderr[-2000:]
+        assert f"features {out.name}:" not in result.stderr  # no image read (no progress)
+        assert "Traceback" not in result.stderr
+
+
+def write_lmdb_values(path: Path, values: list[bytes]) -> Path:
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for index, value in enumerate(values):
+            txn.put(f"{index:09d}".encode(), value)
+    env.close()
+    return path
+
+
+def test_lmdbs_of_other_values_are_named(caffe, tiny_net, tmp_path):
+    deploy, weights = tiny_net
+    from caffe.proto import caffe_pb2
+
+    raw = caffe_pb2.Datum(channels=3, height=72, width=72, data=bytes(72 * 72), label=0)
+    floats = caffe_pb2.Datum(channels=3, height=2, width=2, float_data=[0.5] * 12)
+    not_lmdb = tmp_path / "not_lmdb"
+    not_lmdb.mkdir()
+    (not_lmdb / "data.mdb").write_bytes(b"this is not a database" * 300)
+    cases = {
+        "json": (write_lmdb_values(tmp_path / "json", [b'{"label": 1, "image": "a.jpg"}']),
+                 "record 000000000: not a Caffe Datum"),
+        "short": (write_lmdb_values(tmp_path / "short", [raw.SerializeToString()]),
+                  "record 000000000: undecodable image"),
+        "floats": (write_lmdb_values(tmp_path / "floats", [floats.SerializeToString()]),
+                   "a Datum without image data"),
+        "not_lmdb": (not_lmdb, "not a readable LMDB"),
+    }
+    for name, (path, message) in cases.items():
+        out = tmp_path / f"{name}.npz"
+        result = run_cli("--deploy", str(deploy), "--weights", str(weights), "--lmdb",
+                         str(path), "--out", str(out), "--crop", "64")
+        assert result.returncode == 2, (name, result.stderr[-2000:])
+        assert message in result.stderr, (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, name
+        assert not out.exists()
+
+
+def test_a_gpu_the_build_cannot_use_is_refused_up_front(caffe, tiny_cub, tiny_net, tmp_path):
+    """On a CPU-only build --gpu 0 is refused before the net is made (Caffe
+    itself would die with a stack dump); on a CUDA build, a GPU that is not
+    there."""
+    deploy, weights = tiny_net
+    assert caffe_cpu_only() is not None
+    gpu, why = ("0", "is a CPU-only build of Caffe") if caffe_cpu_only() else (
+        "99", "Caffe cannot use this GPU")
+    out = tmp_path / "f.npz"
+    for value, message in ((gpu, why), ("-1", "a GPU id is 0 or more")):
+        result = run_cli("--deploy", str(deploy), "--weights", str(weights), "--lmdb",
+                         str(tiny_cub / "test_lmdb"), "--out", str(out), "--gpu", value)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "Check failed" not in result.stderr and "Traceback" not in result.stderr
+        assert not out.exists()

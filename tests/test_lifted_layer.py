@@ -109,7 +109,7 @@ def test_reference_gradient_matches_finite_differences():
 
 def near_duplicate_pairs(pairs: int, dim: int, norm: float, gap: float, seed: int = 0):
     """2 * pairs items: item p and p + pairs share label p and lie `gap`
-    apart; features of norm about `norm` (the issue's measurement)."""
+    apart; features of norm about `norm`."""
     rng = np.random.default_rng(seed)
     first = rng.normal(size=(pairs, dim))
     first *= norm / np.linalg.norm(first, axis=1, keepdims=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,43 +30,59 @@ def test_recall_hand_computed():
     assert recall == {1: 0.8, 2: 0.8, 4: 0.8}
 
 
-def brute_force_neighbors(x, k):
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.inf)
-    return np.array([sorted(range(len(x)), key=lambda j: (d[i, j], j))[:k]
-                     for i in range(len(x))])
+def brute_force_neighbors(x, k, rows=None):
+    """The documented order by brute force in float64: exact duplicates of
+    the query first, then (distance, index)."""
+    x = np.asarray(x)
+    d = ((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1)
+    out = []
+    for i in range(len(x)) if rows is None else rows:
+        same = [j for j in range(len(x)) if j != i and (x[j] == x[i]).all()]
+        rest = sorted((j for j in range(len(x)) if (x[j] != x[i]).any()),
+                      key=lambda j: (d[i, j], j))
+        out.append((same + rest)[:k])
+    return np.array(out)
 
 
-def test_blocked_knn_equals_unblocked_with_ties():
+@pytest.mark.parametrize("block", [metrics.SEARCH_BLOCK, 7])
+def test_knn_ties_go_to_the_lower_index(monkeypatch, block):
+    monkeypatch.setattr(metrics, "SEARCH_BLOCK", block)  # 7: many search blocks
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 3, size=(57, 2)).astype(np.float32)  # many exact ties
-    for k in (1, 5, 56):
-        expected = brute_force_neighbors(x, k)
-        for block in (1, 7, 1000):
-            np.testing.assert_array_equal(
-                metrics.nearest_neighbors(x, k, block_rows=block), expected)
+    for n, dim in ((57, 2), (200, 3), (9, 1)):
+        x = rng.integers(0, 3, size=(n, dim)).astype(np.float32)  # ties, duplicates
+        x[::7] += rng.normal(size=(len(x[::7]), dim)).astype(np.float32)  # and neither
+        for k in (1, 5, n - 1):
+            np.testing.assert_array_equal(metrics.nearest_neighbors(x, k),
+                                          brute_force_neighbors(x, k))
+            rows = rng.integers(0, n, size=6)  # a row may be asked twice
+            np.testing.assert_array_equal(metrics.nearest_neighbors(x, k, rows),
+                                          brute_force_neighbors(x, k, rows))
 
 
-def reference_smallest(dist, k):
-    columns = np.arange(dist.shape[1])
-    return np.array([np.lexsort((columns, row))[:k] for row in dist])
+def test_knn_exact_duplicates_in_many_dimensions():
+    """Copies of a row lie at one distance from every query and come first,
+    in index order, for the copies themselves, although float32's matrix
+    product gives copies of a 512-d row slightly different distances."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 512)).astype(np.float32)
+    x[[100, 150, 399]] = x[5]
+    x[[20, 300]] = x[7]
+    nn = metrics.nearest_neighbors(x, 10)
+    np.testing.assert_array_equal(nn[5, :3], [100, 150, 399])
+    np.testing.assert_array_equal(nn[150, :3], [5, 100, 399])
+    np.testing.assert_array_equal(nn[300, :2], [7, 20])
+    np.testing.assert_array_equal(nn, brute_force_neighbors(x, 10))
+    # -0.0 and 0.0 are one value: rows that differ only there are copies.
+    signed = np.array([[-0.0, 1.0], [5.0, 5.0], [0.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(metrics.nearest_neighbors(signed, 2), [[2, 1], [0, 2],
+                                                                          [0, 1]])
 
 
-def test_sampled_threshold_selection_is_exact_with_ties_and_fallback():
-    rng = np.random.default_rng(2)
-    x = rng.integers(0, 6, size=(3000, 3)).astype(np.float32)  # many ties
-    for k in (1, 5, 40):
-        nn = metrics.nearest_neighbors(x, k, block_rows=700)
-        d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-        np.fill_diagonal(d, np.inf)
-        np.testing.assert_array_equal(nn, reference_smallest(d, k))
-    # Only the sampled columns are small: the threshold (the 8th smallest
-    # sample) catches 8 < k = 10 columns and the exact fallback takes over.
-    dist = rng.uniform(10, 20, size=(6, 4096)).astype(np.float32)
-    dist[:, ::4] = rng.uniform(0, 1, size=(6, 1024))
-    dist[:, 1::4] = 5.0  # tied, and beyond the ten smallest
-    np.testing.assert_array_equal(metrics._smallest_k(dist, 10),
-                                  reference_smallest(dist, 10))
+def test_knn_refuses_k_outside_1_to_n_minus_1():
+    x = np.zeros((4, 2), dtype=np.float32)
+    for k in (0, 4):
+        with pytest.raises(ScoringError, match=f"K = {k}: must be between 1 and N - 1 = 3"):
+            metrics.nearest_neighbors(x, k)
 
 
 def test_pairwise_f1_equals_pair_enumeration():
@@ -174,18 +191,6 @@ def test_evaluate_cli_json_and_errors(tmp_path):
     assert bad.returncode == 2 and "59 labels for 60 features" in bad.stderr
 
 
-def test_faiss_backend_gives_the_same_neighbours():
-    pytest.importorskip("faiss")  # in requirements.txt; optional for users
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(300, 16)).astype(np.float32)
-    np.testing.assert_array_equal(metrics.nearest_neighbors(x, 10, backend="faiss"),
-                                  metrics.nearest_neighbors(x, 10))
-    y = rng.integers(0, 6, size=300)
-    ours = metrics.score(x, y, [1, 4]).to_json()
-    theirs = metrics.score(x, y, [1, 4], backend="faiss").to_json()
-    assert ours["recall@1"] == theirs["recall@1"] and ours["map@r"] == theirs["map@r"]
-
-
 def evaluate(*args):
     return subprocess.run([sys.executable, str(TOOLS / "evaluate.py"), *map(str, args)],
                           capture_output=True, text=True)
@@ -220,6 +225,23 @@ def test_evaluate_cli_bad_files_get_clear_messages(tmp_path):
         assert "Traceback" not in result.stderr, name
 
 
+def test_evaluate_cli_never_writes_over_its_input_and_names_the_file(tmp_path):
+    x, y = make_blobs(n_samples=40, centers=4, random_state=2)
+    np.savez(tmp_path / "f.npz", features=x, labels=y)
+    before = (tmp_path / "f.npz").read_bytes()
+    result = evaluate(tmp_path / "f.npz", "--json", tmp_path / "f.npz")
+    assert result.returncode == 2 and "is also the features file" in result.stderr
+    assert (tmp_path / "f.npz").read_bytes() == before
+    os.mkfifo(tmp_path / "pipe")  # a rename would replace it, not write to it
+    result = evaluate(tmp_path / "f.npz", "--json", tmp_path / "pipe")
+    assert result.returncode == 2 and "not a regular file" in result.stderr
+    assert (tmp_path / "pipe").is_fifo()
+    np.savez(tmp_path / "single.npz", features=x[:4], labels=np.arange(4))
+    result = evaluate(tmp_path / "single.npz", "--k", "1")
+    assert result.returncode == 2, result.stderr
+    assert "single.npz: every class has a single item" in result.stderr
+
+
 def test_evaluate_cli_writes_json_into_a_new_folder(tmp_path):
     x, y = make_blobs(n_samples=40, centers=4, random_state=2)
     np.savez(tmp_path / "f.npz", features=x, labels=y)
@@ -227,6 +249,35 @@ def test_evaluate_cli_writes_json_into_a_new_folder(tmp_path):
     result = evaluate(tmp_path / "f.npz", "--k", "1", "--json", out)
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["clustering"] == "kmeans-faiss"
+
+
+def test_scores_do_not_depend_on_a_common_shift_or_scale(tmp_path):
+    """A clean embedding (unit-sized, as a trained one) scores the same moved
+    by 3000 in every coordinate, where float32 distances of the raw
+    coordinates lose every gap to |x|^2; and 512-d values near 1e18, whose
+    float32 squares overflow, score as at ordinary scale, through the CLI
+    with either k-means (faiss aborted on them)."""
+    x, y = make_blobs(n_samples=300, n_features=64, centers=10, cluster_std=0.05,
+                      center_box=(-1, 1), random_state=7)
+    x = x.astype(np.float32)
+    clean = metrics.score(x, y, [1, 2], kmeans="sklearn").to_json()
+    assert clean["recall@1"] == 1.0 and clean["nmi"] == pytest.approx(1.0)
+    shifted = metrics.score(x + np.float32(3000), y, [1, 2], kmeans="sklearn").to_json()
+    for key in ("recall@1", "recall@2", "map@r", "r_precision", "nmi", "f1"):
+        assert shifted[key] == pytest.approx(clean[key]), key
+    dense, labels = make_blobs(n_samples=200, n_features=512, centers=5, cluster_std=0.05,
+                               center_box=(-1, 1), random_state=8)
+    huge = ((0.8 + 0.1 * dense) * 1e18).astype(np.float32)  # all in (5e17, 1.1e18)
+    np.savez(tmp_path / "huge.npz", features=huge, labels=labels)
+    for kmeans in ("faiss", "sklearn"):
+        out = tmp_path / f"huge_{kmeans}.json"
+        result = evaluate(tmp_path / "huge.npz", "--k", "1", "--kmeans", kmeans,
+                          "--json", out)
+        assert result.returncode == 0, (kmeans, result.returncode, result.stderr[-2000:])
+        scores = json.loads(out.read_text())
+        assert scores["recall@1"] == 1.0 and scores["map@r"] == 1.0, (kmeans, scores)
+    assert json.loads((tmp_path / "huge_sklearn.json").read_text())["nmi"] == \
+        pytest.approx(1.0)
 
 
 def test_scores_do_not_depend_on_a_common_scale(tmp_path):
@@ -266,6 +317,7 @@ def test_scoring_an_npz_needs_neither_opencv_nor_lmdb_nor_caffe(tmp_path):
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         f"sys.argv = ['evaluate.py', '{tmp_path / 'f.npz'}', '--k', '1']\n"
+        f"sys.path.insert(0, '{TOOLS}')\n"  # as for `python tools/evaluate.py`
         f"runpy.run_path('{TOOLS / 'evaluate.py'}', run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -14,7 +14,9 @@ import pytest
 from fixtures import make_cub
 from liftedstruct.constants import HEADLINE_EMBEDDING
 from liftedstruct.errors import PipelineError, WeightsError
-from liftedstruct.paths import REPO_ROOT
+from liftedstruct.features import stored_key
+from liftedstruct.files import file_digest
+from liftedstruct.paths import REPO_ROOT, caffe_cpu_only
 from liftedstruct.pipeline import Pipeline, RunConfig
 from liftedstruct.training import training_losses
 
@@ -34,6 +36,12 @@ def check_results(out, names, dataset):
             assert 0.0 <= scores[key] <= 1.0, (name, key, scores[key])
         assert scores["clustering"] == "kmeans-faiss"
     return results
+
+
+def cut_short(path):
+    """What a kill or a full disk leaves of a file Caffe was writing."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
 
 
 def reproduce(*args, timeout=900):
@@ -57,21 +65,56 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     losses = [loss for _, loss in training_losses(out / "logs" / "train_lifted.log")]
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
-    # Interrupted after the lifted net's 20th iteration: training resumes
-    # from the latest solverstate and the later stages run again.
+    # Interrupted twice: after the lifted net's iteration-20 snapshot, while
+    # its iteration-30 one was written, and while the contrastive net's final
+    # model was written (the disk full: it looks finished but is cut short).
+    # Training resumes from the latest complete solverstate, each resume is
+    # recorded with the scores and in the report, and the embeddings are
+    # extracted again from the new snapshots.
     state = json.loads((out / "state.json").read_text())
     state["done"] = ["prepare"]
     (out / "state.json").write_text(json.dumps(state))
     train = out / "train" / "lifted"
-    for path in list(train.glob("snap_iter_30.*")) + list(train.glob("snap_iter_40.*")):
+    for path in train.glob("snap_iter_40.*"):
         path.unlink()
-    (out / "features" / "lifted.npz").unlink()
+    cut_short(train / "snap_iter_30.solverstate")
+    cut_short(out / "train" / "contrastive" / "snap_iter_40.caffemodel")
     again = reproduce(*args)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "lifted: snapshot snap_iter_30.solverstate is incomplete" in again.stdout
     assert "lifted: resuming from snap_iter_20.solverstate" in again.stdout
-    assert "contrastive: trained earlier" in again.stdout
+    assert "contrastive: snap_iter_40.caffemodel is incomplete" in again.stdout
+    assert "contrastive: resuming from snap_iter_30.solverstate" in again.stdout
+    assert "triplet: trained earlier" in again.stdout
     assert (train / "snap_iter_40.caffemodel").exists()
-    check_results(out, ["lifted", "contrastive", "triplet", "raw"], "digits")
+    results = check_results(out, ["lifted", "contrastive", "triplet", "raw"], "digits")
+    assert results["lifted"]["resumes"] == [{"stage": "train", "iteration": 20}]
+    assert results["contrastive"]["resumes"] == [{"stage": "train", "iteration": 30}]
+    assert results["triplet"]["resumes"] == [] and results["raw"]["resumes"] == []
+    assert ("Resumed after an interruption: lifted (train from iteration 20); contrastive "
+            "(train from iteration 30)") in (out / "report" / "report.md").read_text()
+    for method in ("lifted", "contrastive", "triplet"):
+        key = stored_key(out / "features" / f"{method}.npz")
+        snapshot = out / "train" / method / "snap_iter_40.caffemodel"
+        assert key["weights"] == file_digest(snapshot), method
+
+    # The scores deleted, and the triplet net's final snapshot: the rerun
+    # trains what is missing and runs every later stage again.
+    (out / "results.json").unlink()
+    for path in (out / "train" / "triplet").glob("snap_iter_40.*"):
+        path.unlink()
+    third = reproduce(*args)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "triplet: resuming from snap_iter_30.solverstate" in third.stdout
+    assert "[extract] done earlier, skipped" not in third.stdout
+    results = check_results(out, ["lifted", "contrastive", "triplet", "raw"], "digits")
+    assert results["triplet"]["resumes"] == [{"stage": "train", "iteration": 30}]
+    assert stored_key(out / "features" / "triplet.npz")["weights"] == file_digest(
+        out / "train" / "triplet" / "snap_iter_40.caffemodel")
+    fourth = reproduce(*args)  # nothing left to do
+    assert fourth.returncode == 0 and "trained earlier" in fourth.stdout
+    for stage in ("prepare", "extract", "score", "report"):
+        assert f"[{stage}] done earlier, skipped" in fourth.stdout, fourth.stdout
 
     # Other settings into the same folder: refused, nothing overwritten.
     other = reproduce(*args[:-2], "--max-pairs", "2000")
@@ -123,6 +166,18 @@ def test_failed_starts_leave_nothing_behind(caffe, tmp_path):
     wrong = reproduce(*common, "--weights", unrelated)
     assert wrong.returncode == 2 and "no weights for 57 of the 57" in wrong.stderr
     assert "conv1/7x7_s2" in wrong.stderr
+    # A GPU the build cannot use, an --out that cannot be written: refused
+    # before the data is prepared.
+    assert caffe_cpu_only() is not None
+    gpu, why = ("0", "is a CPU-only build of Caffe") if caffe_cpu_only() else (
+        "99", "Caffe cannot use this GPU")
+    refused = reproduce(*common, "--gpu", gpu)
+    assert refused.returncode == 2 and why in refused.stderr, refused.stderr[-2000:]
+    (tmp_path / "a_file").write_text("taken")
+    for where, message in ((tmp_path / "a_file", "a file is there"),
+                           (tmp_path / "a_file" / "run", "a_file is a file")):
+        refused = reproduce(*[where if arg == out else arg for arg in common])
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
     for bad, message in ((["--iterations", "0"], "--iterations 0: must be at least 1"),
                          (["--iterations", "-5"], "--iterations -5: must be at least 1"),
                          (["--batch", "8"], "--batch 8: must divide by 2")):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 
 import pytest
 
 from liftedstruct import weights
 from liftedstruct.errors import WeightsError
+from liftedstruct.paths import REPO_ROOT
 
 
 def test_from_a_local_copy_checks_sha1(tmp_path):
@@ -27,6 +30,18 @@ def test_offline_download_says_what_to_do(tmp_path):
         weights.download(tmp_path / "m.caffemodel", url="http://127.0.0.1:9/none",
                          timeout=5)
     assert not (tmp_path / "m.caffemodel").exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_download(tmp_path):
+    (tmp_path / "a_file").write_text("taken")
+    (tmp_path / "copy.caffemodel").write_bytes(b"weights")
+    for out, message in ((tmp_path / "a_file" / "w.caffemodel", "a_file is a file"),
+                         (tmp_path, "a folder is there")):
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "fetch_weights.py"),
+                                 "--from", str(tmp_path / "copy.caffemodel"), "--out",
+                                 str(out)], capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "SHA1" not in result.stderr and "Traceback" not in result.stderr
 
 
 DEPLOY = """

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 import numpy as np
 
 from liftedstruct import cli

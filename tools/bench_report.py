@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 import cv2
 import numpy as np
 

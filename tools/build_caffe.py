@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
 from liftedstruct.build.cmake import BuildOptions, build
 

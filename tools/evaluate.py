@@ -12,10 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
 from liftedstruct.constants import RECALL_K
 from liftedstruct.featurefile import load_features
-from liftedstruct.files import atomic_write_text
+from liftedstruct.files import atomic_write_text, check_not_input, check_writable
 from liftedstruct.metrics import KMEANS_BACKENDS, score
 
 
@@ -43,15 +45,16 @@ def main() -> int:
     parser.add_argument("--kmeans", choices=KMEANS_BACKENDS, default="faiss",
                         help="k-means algorithm, the same at every size (default: faiss)")
     parser.add_argument("--blob", help="score features_<blob> from a multi-blob file")
-    parser.add_argument("--backend", choices=["numpy", "faiss"], default="numpy",
-                        help="exact kNN implementation (default: numpy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the scores here")
     args = parser.parse_args()
+    if args.json:
+        check_writable(args.json, "--json", kind="file")
+        check_not_input(args.json, "--json", {"the features file": args.features})
     features, labels = load_features(args.features, args.blob)
     result = score(features, labels, args.k or RECALL_K[args.dataset],
                    cluster=args.cluster, seed=args.seed, source=str(args.features),
-                   backend=args.backend, kmeans=args.kmeans).to_json()
+                   kmeans=args.kmeans).to_json()
     print_table(result, str(args.features))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

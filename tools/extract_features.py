@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
 from liftedstruct.constants import IMAGENET_MEAN_BGR
 from liftedstruct.errors import ExtractionError
@@ -25,7 +27,8 @@ from liftedstruct.features import (
     extract,
     run_key,
 )
-from liftedstruct.paths import import_caffe
+from liftedstruct.files import check_not_input, check_writable
+from liftedstruct.paths import check_gpu, import_caffe
 from liftedstruct.weights import check_fit, net_parameters, upstream_layers
 
 
@@ -56,7 +59,12 @@ def main() -> int:
     for path, what in ((args.deploy, "--deploy"), (args.weights, "--weights")):
         if not path.is_file():
             raise ExtractionError(f"{what} {path}: no such file")
+    check_writable(args.out, "--out", kind="file")
+    check_not_input(args.out, "--out", {"--deploy": args.deploy, "--weights": args.weights,
+                                        "--train-val": args.train_val,
+                                        "--images": args.images})
     caffe = import_caffe()
+    check_gpu(args.gpu)
     if args.gpu is None:
         caffe.set_mode_cpu()
     else:

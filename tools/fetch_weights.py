@@ -8,7 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
+from liftedstruct.files import check_writable
 from liftedstruct.weights import DEFAULT_PATH, download, install_from
 
 
@@ -18,6 +21,7 @@ def main() -> int:
                         help="a bvlc_googlenet.caffemodel you already have")
     parser.add_argument("--out", type=Path, default=DEFAULT_PATH)
     args = parser.parse_args()
+    check_writable(args.out, "--out", kind="file")
     path = install_from(args.source, args.out) if args.source else download(args.out)
     print(f"{path}: verified")
     return 0

@@ -14,8 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
 from liftedstruct.constants import EMBEDDINGS, METHODS, PAPER_DATASETS
+from liftedstruct.files import check_writable
 from liftedstruct.nets.zoo import check_committed, committed_files, net_files, write_files
 from liftedstruct.paths import REPO_ROOT
 
@@ -37,6 +40,7 @@ def main() -> int:
         if any(v is None for v in one) or args.check:
             parser.error("--dataset, --method, --embedding and --out go together "
                          "(and without --check)")
+        check_writable(args.out, "--out")
         written = write_files(args.out, net_files(args.dataset, args.method, args.embedding,
                                                   args.out.as_posix()))
         for path in written:

@@ -6,7 +6,10 @@ OUT/test_index.tsv (key, label, original path), OUT/train_{lifted,contrastive,
 triplet}_lmdb in the paper's pair- or triplet-structured batch order, and
 OUT/manifest.json. Finished parts are skipped when rerun with the same inputs
 (the same list files, images, and options); a second run into the same OUT at
-the same time is refused.
+the same time is refused. A downloaded archive is extracted into OUT/raw-<dataset>/
+and kept there, keyed on its content: a rerun with the same archive does not
+extract it again (delete the folder to get the space back once the LMDBs are
+written).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
 from liftedstruct import cli
 from liftedstruct.constants import BATCH, METHODS

@@ -10,9 +10,13 @@ import json
 import sys
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
+from liftedstruct.datasets import DATASETS
 from liftedstruct.errors import LiftedError
-from liftedstruct.report import write_report
+from liftedstruct.files import check_writable
+from liftedstruct.report import check_result, write_report
 
 
 def pairs(values: list[str], what: str) -> dict[str, Path]:
@@ -23,13 +27,16 @@ def pairs(values: list[str], what: str) -> dict[str, Path]:
             raise LiftedError(f"{what} {value!r}: expected METHOD=PATH")
         if not Path(path).is_file():
             raise LiftedError(f"{what} {value!r}: {path}: no such file")
+        if name in out:
+            raise LiftedError(f"{what} {value!r}: {name} given twice")
         out[name] = Path(path)
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", required=True, help="cub, cars196, sop, glyphs, digits")
+    parser.add_argument("--dataset", required=True, choices=DATASETS,
+                        help="picks the published numbers to compare with")
     parser.add_argument("--embedding", type=cli.positive_int, required=True)
     parser.add_argument("--result", action="append", default=[], required=True,
                         help="METHOD=evaluation.json (from evaluate.py --json); repeat")
@@ -39,16 +46,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    check_writable(args.out, "--out")
     results = {}
     for name, path in pairs(args.result, "--result").items():
         try:
-            results[name] = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+            loaded = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise LiftedError(f"--result {path}: not JSON ({error})") from error
+        results[name] = check_result(loaded, f"--result {path}")
+    features = pairs(args.features, "--features")
     if args.images is not None and not (args.images / "data.mdb").is_file():
         raise LiftedError(f"--images {args.images}: not an LMDB (no data.mdb)")
-    written = write_report(results, args.dataset, args.embedding, args.out,
-                           pairs(args.features, "--features"), args.images, args.seed)
+    written = write_report(results, args.dataset, args.embedding, args.out, features,
+                           args.images, args.seed)
     print((args.out / "report.md").read_text())
     for path in written.values():
         print(path)

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
+
 from liftedstruct import cli
 from liftedstruct.build.cmake import TEST_WORKDIR, installed_options
 from liftedstruct.build.gtests import gtest_filter

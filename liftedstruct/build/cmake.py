@@ -52,11 +52,17 @@ class BuildOptions:
         return ("cudnn" if self.cudnn else "cuda") if self.cuda else "cpu"
 
 
+# Options that change how fast Caffe builds, not what is built.
+NOT_IN_KEY = ("jobs",)
+
+
 def build_key(source_id: str, options: BuildOptions) -> str:
-    """Hash of everything the build depends on that this project controls."""
+    """Hash of everything the build depends on that this project controls
+    (not the number of parallel jobs: another core count builds the same)."""
     digest = hashlib.sha256()
     digest.update(source_id.encode())
-    digest.update(json.dumps(asdict(options), sort_keys=True).encode())
+    settings = {k: v for k, v in asdict(options).items() if k not in NOT_IN_KEY}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(tree_hash(LAYERS_DIR).encode())
     digest.update(tree_hash(Path(__file__).parent).encode())
     if options.cuda:

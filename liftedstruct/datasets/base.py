@@ -4,9 +4,12 @@ train and test, plus the helpers the sources share (archives, list files)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tarfile
 import zipfile
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -14,7 +17,13 @@ from typing import ClassVar
 import numpy as np
 
 from liftedstruct.errors import DatasetError
-from liftedstruct.files import UnsafeArchiveError, safe_extract_tar
+from liftedstruct.files import (
+    UnsafeArchiveError,
+    file_digest,
+    inside,
+    is_disk_full,
+    safe_extract_tar,
+)
 
 
 @dataclass
@@ -86,11 +95,31 @@ class DatasetSource:
                                "cause (--no-count-check to go on anyway)")
 
 
-def extract_archive(archive: Path, dest: Path) -> Path:
-    """Extract an archive once into dest (via a temporary folder)."""
-    stamp = dest / ".extracted"
-    if stamp.exists() and stamp.read_text() == archive.name:
-        return dest
+ARCHIVE_STAMP = ".extracted"
+
+
+def archive_identity(archive: Path) -> dict:
+    """What an extraction depends on: the archive's name, size, modification
+    time and sha256 (a download replaced under the same name is new)."""
+    stat = archive.stat()
+    return {"archive": archive.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "sha256": file_digest(archive)}
+
+
+def extract_archive(archive: Path, dest: Path) -> tuple[Path, str]:
+    """Extract an archive into dest (via a temporary folder), once per
+    archive content; returns dest and the archive's sha256."""
+    stamp = dest / ARCHIVE_STAMP
+    identity = archive_identity(archive)
+    if stamp.is_file():
+        try:
+            recorded = json.loads(stamp.read_text())
+        except ValueError:
+            recorded = None
+        if recorded == identity:
+            return dest, identity["sha256"]
+        print(f"{dest}: extracted from another {archive.name} (other content); "
+              "extracting again", flush=True)
     if dest.exists():
         shutil.rmtree(dest)
     tmp = dest.with_name(dest.name + ".partial")
@@ -104,14 +133,16 @@ def extract_archive(archive: Path, dest: Path) -> Path:
                 handle.extractall(tmp)  # zipfile drops absolute paths and ".."
         else:
             safe_extract_tar(archive, tmp)
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError,
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error,
             UnsafeArchiveError) as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(error):
+            raise
         raise DatasetError(f"{archive}: cannot extract ({error}); a truncated "
                            "download is the usual cause") from error
-    (tmp / ".extracted").write_text(archive.name)
+    (tmp / ARCHIVE_STAMP).write_text(json.dumps(identity, indent=2) + "\n")
     tmp.rename(dest)
-    return dest
+    return dest, identity["sha256"]
 
 
 def find_file(root: Path, name: str, what: str) -> Path:
@@ -124,8 +155,19 @@ def find_file(root: Path, name: str, what: str) -> Path:
     return found[0]
 
 
-def read_table(path: Path, columns: int, header: bool = False) -> list[list[str]]:
-    """Whitespace-separated rows of exactly `columns` fields."""
+@dataclass(frozen=True)
+class Row:
+    """One line of a list file: where it is (file:line) and its fields, the
+    integer columns as int."""
+
+    where: str
+    fields: tuple
+
+
+def read_table(path: Path, columns: int, header: bool = False,
+               integers: tuple[int, ...] = ()) -> list[Row]:
+    """Whitespace-separated rows of exactly `columns` fields; the fields in
+    `integers` must be integers (an error names the file and line)."""
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -134,22 +176,61 @@ def read_table(path: Path, columns: int, header: bool = False) -> list[list[str]
     for number, line in enumerate(lines[1:] if header else lines, start=2 if header else 1):
         if not line.strip():
             continue
-        parts = line.split()
+        parts: list = line.split()
         if len(parts) != columns:
             raise DatasetError(f"{path}:{number}: expected {columns} fields, got "
                                f"{len(parts)}: {line!r}")
-        rows.append(parts)
+        for column in integers:
+            try:
+                parts[column] = int(parts[column])
+            except ValueError:
+                raise DatasetError(f"{path}:{number}: field {column + 1} is "
+                                   f"{parts[column]!r}, not an integer: {line!r}") from None
+        rows.append(Row(f"{path}:{number}", tuple(parts)))
     return rows
 
 
+def refuse_repeats(rows: Iterable[Row], column: int, what: str) -> None:
+    """Each value of the column once over the rows (of one or several files):
+    a repeated image id or path would silently replace or duplicate an image."""
+    first: dict = {}
+    for row in rows:
+        value = row.fields[column]
+        if value in first:
+            raise DatasetError(f"{row.where}: {what} {value} again (first at "
+                               f"{first[value]}); each must appear once")
+        first[value] = row.where
+
+
+def check_inside(rows: Iterable[Row], column: int, what: str) -> None:
+    """Paths relative to the dataset's folder that stay inside it: an
+    absolute path or one through '..' would take an image from elsewhere."""
+    for row in rows:
+        if not inside(str(row.fields[column])):
+            raise DatasetError(f"{row.where}: {what} {row.fields[column]} leaves the "
+                               "dataset's folder")
+
+
+def check_range(rows: Iterable[Row], column: int, low: int, high: int, what: str) -> None:
+    """Integer fields within [low, high] (a dataset's class ids)."""
+    for row in rows:
+        value = row.fields[column]
+        if not low <= value <= high:
+            raise DatasetError(f"{row.where}: {what} {value} is outside "
+                               f"{low}-{high}")
+
+
 def list_files(root: Path, work: Path, name: str, first: str, second: str,
-               what: str) -> tuple[Path, Path]:
+               what: str) -> tuple[Path, Path, dict[str, str]]:
     """A dataset's two list files (first found anywhere below root, second
-    beside it), extracting root first when it is the archive."""
+    beside it), extracting root first when it is the archive; with the
+    archive's sha256 by name ({} for a folder)."""
+    archive: dict[str, str] = {}
     if root.is_file():
-        root = extract_archive(root, work / f"raw-{name}")
+        extracted, digest = extract_archive(root, work / f"raw-{name}")
+        archive, root = {root.name: digest}, extracted
     first_path = find_file(root, first, what)
     second_path = first_path.parent / second
     if not second_path.is_file():
         raise DatasetError(f"{second_path}: missing ({what})")
-    return first_path, second_path
+    return first_path, second_path, archive

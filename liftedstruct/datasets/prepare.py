@@ -21,7 +21,7 @@ from liftedstruct.datasets.base import Dataset, DatasetSource, Item
 from liftedstruct.errors import DatasetError
 from liftedstruct.files import atomic_write_text, check_writable, locked_folder
 from liftedstruct.images import ImageFormat, process_images
-from liftedstruct.lmdbio import make_datum, record_bytes, write_lmdb
+from liftedstruct.lmdbio import caffe_pb2, make_datum, record_bytes, write_lmdb
 
 ENCODINGS = ("jpg", "png", "raw")
 
@@ -225,10 +225,8 @@ def prepare(source: DatasetSource, root: Path | None, out: Path,
                            f"{source.download})")
     if root is not None and not root.exists():
         raise DatasetError(f"--root {root}: no such file or folder")
-    try:
-        check_writable(out, "--out")
-    except PermissionError as error:
-        raise DatasetError(str(error)) from error
+    check_writable(out, "--out")
+    caffe_pb2()  # Datums need pycaffe's protobuf: a missing build is named up front
     with locked_folder(out, "prepare_dataset.py"):
         dataset = source.load(root, out)
         if options.count_check:

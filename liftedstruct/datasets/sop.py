@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from liftedstruct.datasets.base import Dataset, DatasetSource, Item, list_files, read_table
+from liftedstruct.datasets.base import (
+    Dataset,
+    DatasetSource,
+    Item,
+    check_inside,
+    list_files,
+    read_table,
+    refuse_repeats,
+)
 from liftedstruct.errors import DatasetError
 from liftedstruct.files import file_digest
 
@@ -19,16 +27,28 @@ class Sop(DatasetSource):
 
     def load(self, root: Path | None, work: Path) -> Dataset:
         """Stanford_Online_Products.zip or its folder."""
-        train_txt, test_txt = list_files(root, work, "sop", "Ebay_train.txt",
-                                         "Ebay_test.txt", "Online Products' split lists")
+        train_txt, test_txt, archive = list_files(
+            root, work, "sop", "Ebay_train.txt", "Ebay_test.txt",
+            "Online Products' split lists")
         base = train_txt.parent
-        splits = []
+        tables = []
         for path in (train_txt, test_txt):
             header = path.read_text().splitlines()[:1]
             if not header or header[0].split() != HEADER:
                 raise DatasetError(f"{path}: expected the header '{' '.join(HEADER)}', "
                                    f"got {header[:1]}")
-            splits.append([Item(row[3], int(row[1]), base / row[3])
-                           for row in read_table(path, 4, header=True)])
+            tables.append(read_table(path, 4, header=True, integers=(0, 1, 2)))
+        every = tables[0] + tables[1]
+        refuse_repeats(every, 0, "image_id")
+        refuse_repeats(every, 3, "path")
+        check_inside(every, 3, "path")
+        train_classes = {row.fields[1]: row.where for row in tables[0]}
+        for row in tables[1]:
+            if row.fields[1] in train_classes:
+                raise DatasetError(f"{row.where}: class_id {row.fields[1]} is also a "
+                                   f"training class ({train_classes[row.fields[1]]}); the "
+                                   "split must be class-disjoint")
+        splits = [[Item(row.fields[3], row.fields[1], base / row.fields[3]) for row in table]
+                  for table in tables]
         checksums = {p.name: file_digest(p) for p in (train_txt, test_txt)}
-        return Dataset(self.name, splits[0], splits[1], checksums)
+        return Dataset(self.name, splits[0], splits[1], {**checksums, **archive})

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from liftedstruct.constants import DEMO_DATASETS
+from liftedstruct.files import atomic_write_text
 from liftedstruct.nets.template import (
     NetConfig,
     SolverConfig,
@@ -75,5 +76,5 @@ class RunNet:
         paths = self.paths()
         for name, text in texts.items():
             if not paths[name].exists() or paths[name].read_text() != text:
-                paths[name].write_text(text)
+                atomic_write_text(paths[name], text)
         return paths

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from liftedstruct.constants import EMBEDDINGS, HEADLINE_EMBEDDING, METHODS, PAPER_DATASETS
 from liftedstruct.errors import NetError
+from liftedstruct.files import atomic_write_text
 from liftedstruct.nets.template import (
     NetConfig,
     SolverConfig,
@@ -88,8 +89,6 @@ def write_files(folder: Path, files: dict[str, str]) -> list[Path]:
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            atomic_write_text(path, text)
         written.append(path)
     return written

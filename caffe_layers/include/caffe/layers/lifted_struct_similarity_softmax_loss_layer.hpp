@@ -27,7 +27,9 @@ namespace caffe {
  * @f]
  * A pair whose two items have no negatives has an empty log-sum-exp
  * (@f$ \tilde J = -\infty @f$) and contributes nothing; a batch without
- * positive pairs has zero loss.
+ * positive pairs has zero loss. A NaN or inf feature (or a squared norm
+ * that overflows) makes the loss and every gradient entry NaN, whatever the
+ * labels.
  *
  * @param bottom input Blob vector (length 2)
  *   -# @f$ (N \times C [\times 1 \times 1]) @f$ the features @f$ x @f$
@@ -97,6 +99,7 @@ class LiftedStructSimilaritySoftmaxLossLayer : public LossLayer<Dtype> {
   Blob<Dtype> row_weight_;  // num: a_i = sum over positives j of
                             //      max(0, J_ij) exp(row_max_i - lse_ij)
   Blob<Dtype> num_pairs_;   // 1: |P|, kept on the device for Backward_gpu
+  Blob<Dtype> nonfinite_;   // 1: 0, or NaN when some |x_i|^2 is not finite
   Blob<Dtype> grad_dist_;   // num x num: W_ij = dE/dD_ij / D_ij (0 if near)
   Blob<Dtype> grad_near_;   // num x num: W_ij on near pairs, else 0
   Blob<Dtype> grad_row_;    // num: row sums of grad_dist_

@@ -20,6 +20,8 @@ namespace caffe {
  * @f]
  * with the batch of N = 3T items laid out as T anchors, then their T
  * positives, then their T negatives (@f$ \frac{3}{2m} @f$ in the paper).
+ * A NaN or inf feature (or a distance that overflows) makes the loss and
+ * its triplet's gradient NaN.
  *
  * @param bottom input Blob vector (length 1 or 2)
  *   -# @f$ (N \times C [\times 1 \times 1]) @f$ the features

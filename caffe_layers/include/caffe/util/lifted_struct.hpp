@@ -26,6 +26,21 @@ template <> struct LiftedEpsilon<double> {
 };
 
 /**
+ * @brief 0 when v is finite, NaN when v is inf or NaN (v - v is either).
+ *
+ * Taken of the squared norms |x_i|^2 (the diagonal of X X^T), which are not
+ * finite exactly when a feature of item i is NaN or inf or its norm
+ * overflows Dtype. Added to the loss and to the gradient's scale, the sum
+ * over the batch makes both non-finite then, as a NaN or inf feature does in
+ * Caffe's ContrastiveLoss; without it the comparisons below would read a
+ * NaN distance as 0 and report a finite loss.
+ */
+template <typename Dtype>
+LIFTED_HOST_DEVICE inline Dtype LiftedNonFinite(Dtype v) {
+  return v - v;
+}
+
+/**
  * @brief Whether the expansion D^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j is too
  *        close to 0 to be trusted.
  *

@@ -27,6 +27,7 @@ void LiftedStructSimilaritySoftmaxLossLayer<Dtype>::Reshape(
   row_weight_.Reshape(row);
   grad_row_.Reshape(row);
   num_pairs_.Reshape(vector<int>(1, 1));
+  nonfinite_.Reshape(vector<int>(1, 1));
   if (ones_.count() != num) {  // refill only on a new batch size
     ones_.Reshape(row);
     caffe_set(num, Dtype(1), ones_.mutable_cpu_data());
@@ -68,14 +69,16 @@ void LiftedStructSimilaritySoftmaxLossLayer<Dtype>::Forward_cpu(
     LiftedRowPairs(i, num, label, dist, row_max, row_sum, row_loss, row_pairs,
         row_weight_.mutable_cpu_data());
   }
-  Dtype num_pairs = Dtype(0), loss = Dtype(0);
+  Dtype num_pairs = Dtype(0), loss = Dtype(0), nonfinite = Dtype(0);
   for (int i = 0; i < num; ++i) {
     num_pairs += row_pairs[i];
     loss += row_loss[i];
+    nonfinite += LiftedNonFinite(dot[i * num + i]);
   }
   num_pairs_.mutable_cpu_data()[0] = num_pairs;
-  top[0]->mutable_cpu_data()[0] =
-      num_pairs > Dtype(0) ? loss / (Dtype(2) * num_pairs) : Dtype(0);
+  nonfinite_.mutable_cpu_data()[0] = nonfinite;
+  top[0]->mutable_cpu_data()[0] = nonfinite +
+      (num_pairs > Dtype(0) ? loss / (Dtype(2) * num_pairs) : Dtype(0));
 }
 
 template <typename Dtype>
@@ -91,13 +94,15 @@ void LiftedStructSimilaritySoftmaxLossLayer<Dtype>::Backward_cpu(
   const int dim = bottom[0]->count() / num;
   Dtype* bottom_diff = bottom[0]->mutable_cpu_diff();
   const Dtype num_pairs = num_pairs_.cpu_data()[0];
-  if (num_pairs == Dtype(0)) {
+  const Dtype nonfinite = nonfinite_.cpu_data()[0];  // 0 or NaN
+  if (num_pairs == Dtype(0) && nonfinite == Dtype(0)) {
     caffe_set(bottom[0]->count(), Dtype(0), bottom_diff);
     return;
   }
   const Dtype alpha = this->layer_param_.lifted_struct_sim_softmax_loss_param()
       .margin();
-  const Dtype scale = top[0]->cpu_diff()[0] / num_pairs;
+  const Dtype scale = nonfinite +
+      (num_pairs > Dtype(0) ? top[0]->cpu_diff()[0] / num_pairs : Dtype(0));
   const Dtype* x = bottom[0]->cpu_data();
   const Dtype* label = bottom[1]->cpu_data();
   const Dtype* dist = dist_.cpu_data();

@@ -39,32 +39,39 @@ __global__ void LiftedRowPairsKernel(const int num, const Dtype* label,
   }
 }
 
-// One block sums the rows' pair counts and losses and writes |P| and the
-// loss where they are needed, so nothing is copied back to the host.
+// One block sums the rows' pair counts and losses and the squared norms'
+// LiftedNonFinite, and writes |P|, that flag and the loss where they are
+// needed, so nothing is copied back to the host.
 template <typename Dtype>
-__global__ void LiftedLossKernel(const int num, const Dtype* row_loss,
-    const Dtype* row_pairs, Dtype* num_pairs, Dtype* loss) {
+__global__ void LiftedLossKernel(const int num, const Dtype* dot,
+    const Dtype* row_loss, const Dtype* row_pairs, Dtype* num_pairs,
+    Dtype* nonfinite, Dtype* loss) {
   __shared__ Dtype loss_sum[CAFFE_CUDA_NUM_THREADS];
   __shared__ Dtype pair_sum[CAFFE_CUDA_NUM_THREADS];
-  Dtype l = Dtype(0), p = Dtype(0);
+  __shared__ Dtype bad_sum[CAFFE_CUDA_NUM_THREADS];
+  Dtype l = Dtype(0), p = Dtype(0), b = Dtype(0);
   for (int i = threadIdx.x; i < num; i += blockDim.x) {
     l += row_loss[i];
     p += row_pairs[i];
+    b += LiftedNonFinite(dot[i * num + i]);
   }
   loss_sum[threadIdx.x] = l;
   pair_sum[threadIdx.x] = p;
+  bad_sum[threadIdx.x] = b;
   __syncthreads();
   for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) {
       loss_sum[threadIdx.x] += loss_sum[threadIdx.x + stride];
       pair_sum[threadIdx.x] += pair_sum[threadIdx.x + stride];
+      bad_sum[threadIdx.x] += bad_sum[threadIdx.x + stride];
     }
     __syncthreads();
   }
   if (threadIdx.x == 0) {
     num_pairs[0] = pair_sum[0];
-    loss[0] = pair_sum[0] > Dtype(0) ?
-        loss_sum[0] / (Dtype(2) * pair_sum[0]) : Dtype(0);
+    nonfinite[0] = bad_sum[0];
+    loss[0] = bad_sum[0] + (pair_sum[0] > Dtype(0) ?
+        loss_sum[0] / (Dtype(2) * pair_sum[0]) : Dtype(0));
   }
 }
 
@@ -99,23 +106,24 @@ void LiftedStructSimilaritySoftmaxLossLayer<Dtype>::Forward_gpu(
       row_pairs_.mutable_gpu_data(), row_weight_.mutable_gpu_data());
   CUDA_POST_KERNEL_CHECK;
   // NOLINT_NEXT_LINE(whitespace/operators)
-  LiftedLossKernel<Dtype><<<1, CAFFE_CUDA_NUM_THREADS>>>(num,
+  LiftedLossKernel<Dtype><<<1, CAFFE_CUDA_NUM_THREADS>>>(num, dot,
       row_loss_.gpu_data(), row_pairs_.gpu_data(),
-      num_pairs_.mutable_gpu_data(), top[0]->mutable_gpu_data());
+      num_pairs_.mutable_gpu_data(), nonfinite_.mutable_gpu_data(),
+      top[0]->mutable_gpu_data());
   CUDA_POST_KERNEL_CHECK;
 }
 
 // W_ij = (top_diff / |P|) dE/dD_ij / D_ij, split into the pairs whose D came
 // from the expansion (grad_dist) and the near-duplicates (grad_near); all
-// zero when |P| = 0.
+// zero when |P| = 0, all NaN when a feature is not finite.
 template <typename Dtype>
 __global__ void LiftedDistanceGradientKernel(const int num, const Dtype alpha,
     const Dtype* label, const Dtype* dist, const Dtype* near,
     const Dtype* row_max, const Dtype* row_sum, const Dtype* row_weight,
-    const Dtype* num_pairs, const Dtype* top_diff, Dtype* grad_dist,
-    Dtype* grad_near) {
-  const Dtype scale = num_pairs[0] > Dtype(0) ?
-      top_diff[0] / num_pairs[0] : Dtype(0);
+    const Dtype* num_pairs, const Dtype* nonfinite, const Dtype* top_diff,
+    Dtype* grad_dist, Dtype* grad_near) {
+  const Dtype scale = nonfinite[0] + (num_pairs[0] > Dtype(0) ?
+      top_diff[0] / num_pairs[0] : Dtype(0));
   CUDA_KERNEL_LOOP(index, num * num) {
     const int i = index / num, j = index % num;
     const Dtype w = scale * LiftedDistanceGradient(
@@ -166,7 +174,8 @@ void LiftedStructSimilaritySoftmaxLossLayer<Dtype>::Backward_gpu(
       CAFFE_CUDA_NUM_THREADS>>>(num, alpha, bottom[1]->gpu_data(),
       dist_.gpu_data(), near_.gpu_data(), row_max_.gpu_data(),
       row_sum_.gpu_data(), row_weight_.gpu_data(), num_pairs_.gpu_data(),
-      top[0]->gpu_diff(), grad_dist, grad_near_.mutable_gpu_data());
+      nonfinite_.gpu_data(), top[0]->gpu_diff(), grad_dist,
+      grad_near_.mutable_gpu_data());
   CUDA_POST_KERNEL_CHECK;
   // dE/dx_i = (sum_j W_ij) x_i - (W X)_i, plus the near-duplicate terms.
   caffe_gpu_gemv<Dtype>(CblasNoTrans, num, num, Dtype(1), grad_dist,

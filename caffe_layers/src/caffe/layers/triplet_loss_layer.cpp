@@ -39,7 +39,10 @@ void TripletLossLayer<Dtype>::Forward_cpu(const vector<Blob<Dtype>*>& bottom,
       d_ap += (a - positive[t * dim + c]) * (a - positive[t * dim + c]);
       d_an += (a - negative[t * dim + c]) * (a - negative[t * dim + c]);
     }
-    hinge[t] = std::max(Dtype(0), d_ap - d_an + alpha);
+    // (d_ap + d_an) - (d_ap + d_an) is 0, or NaN when a feature of the
+    // triplet is NaN or inf or a distance overflows: max(0, NaN) would be 0.
+    hinge[t] = std::max(Dtype(0), d_ap - d_an + alpha) +
+        ((d_ap + d_an) - (d_ap + d_an));
     loss += hinge[t];
   }
   top[0]->mutable_cpu_data()[0] = loss / (Dtype(2) * triplets);
@@ -64,7 +67,9 @@ void TripletLossLayer<Dtype>::Backward_cpu(const vector<Blob<Dtype>*>& top,
   Dtype* diff_n = diff_p + triplets * dim;
   const Dtype* hinge = hinge_.cpu_data();
   for (int t = 0; t < triplets; ++t) {
-    const Dtype s = hinge[t] > Dtype(0) ? scale : Dtype(0);
+    // A non-finite triplet (NaN hinge) gets NaN gradients.
+    const Dtype s = hinge[t] > Dtype(0) ? scale :
+        (hinge[t] == Dtype(0) ? Dtype(0) : hinge[t]);
     for (int c = 0; c < dim; ++c) {
       const int i = t * dim + c;
       diff_a[i] = s * (negative[i] - positive[i]);

@@ -17,7 +17,8 @@ __global__ void TripletHingeKernel(const int triplets, const int dim,
       d_an += (a - negative[t * dim + c]) * (a - negative[t * dim + c]);
     }
     const Dtype h = d_ap - d_an + alpha;
-    hinge[t] = h > Dtype(0) ? h : Dtype(0);
+    // NaN when a feature of the triplet is NaN or inf (see Forward_cpu).
+    hinge[t] = (h > Dtype(0) ? h : Dtype(0)) + ((d_ap + d_an) - (d_ap + d_an));
   }
 }
 
@@ -34,7 +35,7 @@ void TripletLossLayer<Dtype>::Forward_gpu(const vector<Blob<Dtype>*>& bottom,
       anchor + triplets * dim, anchor + 2 * triplets * dim,
       hinge_.mutable_gpu_data());
   CUDA_POST_KERNEL_CHECK;
-  Dtype loss;  // hinge >= 0, so its absolute sum is its sum
+  Dtype loss;  // hinge >= 0 (or NaN), so its absolute sum is its sum
   caffe_gpu_asum(triplets, hinge_.gpu_data(), &loss);
   top[0]->mutable_cpu_data()[0] = loss / (Dtype(2) * triplets);
 }
@@ -44,7 +45,8 @@ __global__ void TripletGradientKernel(const int triplets, const int dim,
     const Dtype scale, const Dtype* anchor, const Dtype* hinge,
     Dtype* diff) {
   CUDA_KERNEL_LOOP(i, triplets * dim) {
-    const Dtype s = hinge[i / dim] > Dtype(0) ? scale : Dtype(0);
+    const Dtype h = hinge[i / dim];
+    const Dtype s = h > Dtype(0) ? scale : (h == Dtype(0) ? Dtype(0) : h);
     const Dtype a = anchor[i];
     const Dtype p = anchor[i + triplets * dim];
     const Dtype n = anchor[i + 2 * triplets * dim];

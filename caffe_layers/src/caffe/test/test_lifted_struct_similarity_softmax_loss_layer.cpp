@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -233,6 +234,19 @@ class LiftedStructSimilaritySoftmaxLossLayerTest
     return blob_top_loss_->cpu_data()[0];
   }
 
+  // Forward and backward must both say that the input was not finite: a
+  // non-finite loss and no finite gradient entry (the sentinel 7 of
+  // ForwardBackward included).
+  void ExpectNonFinite(const char* what) {
+    LayerParameter layer_param;
+    const Dtype loss = ForwardBackward(layer_param, Dtype(1));
+    EXPECT_FALSE(std::isfinite(loss)) << what << ": loss " << loss;
+    for (int i = 0; i < blob_bottom_data_->count(); ++i) {
+      EXPECT_FALSE(std::isfinite(blob_bottom_data_->cpu_diff()[i]))
+          << what << ": diff " << i;
+    }
+  }
+
   void ExpectFiniteGradient() {
     for (int i = 0; i < blob_bottom_data_->count(); ++i) {
       EXPECT_TRUE(std::isfinite(blob_bottom_data_->cpu_diff()[i])) << i;
@@ -386,12 +400,48 @@ TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerTest, TestAgainstReference) {
 
 TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerTest, TestNearDuplicates) {
   // Positive pairs 1e-3 and 1e-4 apart at feature norms of 2.3: D^2 from the
-  // expansion would be all rounding error there (issue: gradients 84% off,
+  // expansion alone would be all rounding error there (gradients 84% off,
   // the pull lost entirely at 1e-4).
   this->MakeNearDuplicatePairs(64, 256, 2.3, 1e-3);
   this->CheckAgainstReference(1e-5, 1e-3);
   this->MakeNearDuplicatePairs(64, 256, 2.3, 1e-4);
   this->CheckAgainstReference(1e-5, 1e-3);
+}
+
+TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerTest, TestNonFiniteFeatures) {
+  typedef typename TypeParam::Dtype Dtype;
+  // One NaN, inf or -inf entry, one entry whose square overflows Dtype, or
+  // every entry NaN: whatever the labels (ordinary, no positive pair, no
+  // negative), the loss and the gradient are not finite.
+  const Dtype huge = sizeof(Dtype) == 4 ? Dtype(1e20) : Dtype(1e200);
+  const Dtype values[] = {std::numeric_limits<Dtype>::quiet_NaN(),
+                          std::numeric_limits<Dtype>::infinity(),
+                          -std::numeric_limits<Dtype>::infinity(), huge};
+  const char* names[] = {"NaN", "inf", "-inf", "overflowing square"};
+  const int count = this->blob_bottom_data_->count();
+  const int num = this->blob_bottom_data_->num();
+  const vector<Dtype> clean(this->blob_bottom_data_->cpu_data(),
+                            this->blob_bottom_data_->cpu_data() + count);
+  const int classes[] = {4, num, 1};
+  for (int c = 0; c < 3; ++c) {
+    this->SetLabels(classes[c]);
+    for (int v = 0; v < 4; ++v) {
+      std::copy(clean.begin(), clean.end(),
+                this->blob_bottom_data_->mutable_cpu_data());
+      this->blob_bottom_data_->mutable_cpu_data()[7] = values[v];
+      this->ExpectNonFinite(names[v]);
+    }
+    caffe_set(count, std::numeric_limits<Dtype>::quiet_NaN(),
+              this->blob_bottom_data_->mutable_cpu_data());
+    this->ExpectNonFinite("all NaN");
+  }
+  // Finite features again: a finite loss (nothing left over).
+  std::copy(clean.begin(), clean.end(),
+            this->blob_bottom_data_->mutable_cpu_data());
+  this->SetLabels(4);
+  LayerParameter layer_param;
+  EXPECT_TRUE(std::isfinite(this->ForwardBackward(layer_param, Dtype(1))));
+  this->ExpectFiniteGradient();
 }
 
 #ifndef CPU_ONLY

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -132,6 +133,49 @@ TYPED_TEST(TripletLossLayerTest, TestSatisfiedTripletsHaveNoGradient) {
       this->blob_bottom_vec_);
   for (int i = 0; i < this->blob_bottom_data_->count(); ++i) {
     EXPECT_EQ(this->blob_bottom_data_->cpu_diff()[i], Dtype(0));
+  }
+}
+
+TYPED_TEST(TripletLossLayerTest, TestNonFiniteFeatures) {
+  typedef typename TypeParam::Dtype Dtype;
+  // A NaN, inf or -inf entry, or one whose square overflows, in triplet 1's
+  // anchor, positive or negative, with ordinary and with satisfied triplets
+  // (negatives far beyond the margin, loss 0): the loss is not finite and
+  // neither is triplet 1's gradient.
+  const Dtype huge = sizeof(Dtype) == 4 ? Dtype(1e20) : Dtype(1e200);
+  const Dtype values[] = {std::numeric_limits<Dtype>::quiet_NaN(),
+                          std::numeric_limits<Dtype>::infinity(),
+                          -std::numeric_limits<Dtype>::infinity(), huge};
+  const int count = this->blob_bottom_data_->count();
+  const vector<Dtype> clean(this->blob_bottom_data_->cpu_data(),
+                            this->blob_bottom_data_->cpu_data() + count);
+  LayerParameter layer_param;
+  TripletLossLayer<Dtype> layer(layer_param);
+  for (int satisfied = 0; satisfied < 2; ++satisfied) {
+    for (int role = 0; role < 3; ++role) {
+      for (int v = 0; v < 4; ++v) {
+        Dtype* x = this->blob_bottom_data_->mutable_cpu_data();
+        std::copy(clean.begin(), clean.end(), x);
+        if (satisfied) {
+          for (int i = 10 * 4; i < 15 * 4; ++i) { x[i] += Dtype(100); }
+        }
+        x[(role * 5 + 1) * 4 + 2] = values[v];
+        layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+        layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+        EXPECT_FALSE(std::isfinite(this->blob_top_loss_->cpu_data()[0]))
+            << "role " << role << " value " << v << " satisfied " << satisfied;
+        this->blob_top_loss_->mutable_cpu_diff()[0] = Dtype(1);
+        layer.Backward(this->blob_top_vec_, vector<bool>(1, true),
+            this->blob_bottom_vec_);
+        const Dtype* diff = this->blob_bottom_data_->cpu_diff();
+        for (int r = 0; r < 3; ++r) {
+          for (int c = 0; c < 4; ++c) {
+            EXPECT_FALSE(std::isfinite(diff[(r * 5 + 1) * 4 + c]))
+                << "role " << role << " value " << v << " item " << r;
+          }
+        }
+      }
+    }
   }
 }
 
