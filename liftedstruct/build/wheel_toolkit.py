@@ -9,9 +9,6 @@ Installed with ``pip install --target DIR`` (or into a venv) they land in::
     DIR/nvidia/cudnn/{include,lib}           # cuDNN
     DIR/nvidia/nccl/{include,lib}            # NCCL
 
-(CUDA 12 wheels use one folder per component instead: ``nvidia/cuda_nvcc``,
-``nvidia/cuda_runtime``, ``nvidia/cublas``...; they are merged the same way.)
-
 That is close to a toolkit but not close enough for nvcc or CMake's FindCUDA: wheels
 cannot hold symlinks, so there is no ``libcudart.so`` (only ``libcudart.so.13``), no
 ``lib64``, and cuDNN/NCCL live outside the tree.  :func:`assemble_toolkit` builds a
@@ -53,9 +50,9 @@ from liftedstruct.errors import BuildError
 #: File written into ``dest`` so that a later run may safely replace it.
 MARKER = ".wheel_toolkit.json"
 
-# Component folders under ``nvidia/`` that may hold toolkit pieces, first wins on a
-# clash.  CUDA 13 puts nearly everything in ``cu13``; unknown folders are merged after.
-_PREFERRED_ORDER = ("cu13", "cu12", "cuda_nvcc", "cuda_runtime", "cuda_crt", "nvvm")
+# Component folders under ``nvidia/``: CUDA 13 puts nearly everything in ``cu13``,
+# merged first; the others (cudnn, nccl, ...) after it, in name order.
+_PREFERRED_ORDER = ("cu13",)
 
 # Sub-folders of a component folder and where they go in the toolkit.
 _SUBDIR_MAP = {
@@ -128,10 +125,6 @@ class Toolkit:
     target: str
     versions: dict[str, str] = field(default_factory=dict)
     missing_optional: list[str] = field(default_factory=list)
-
-    @property
-    def nvcc(self) -> Path:
-        return self.root / "bin" / "nvcc"
 
 
 def find_nvidia_root(wheel_dir: Path) -> Path:
@@ -349,6 +342,10 @@ def assemble_toolkit(wheel_dir: Path, dest: Path) -> Path:
     the wheel folder and ``dest`` may move together.  Returns ``dest`` as an absolute path:
     use it as ``CUDA_TOOLKIT_ROOT_DIR`` / ``CUDA_PATH`` and call ``dest/bin/nvcc``.
     Raises :class:`ToolkitError` if nvcc's own needs (nvcc, crt, nvvm/cicc, cudart) are
-    not all there.
+    not all there, and prints the optional pieces (cuBLAS, cuRAND, cuDNN, NCCL) it lacks.
     """
-    return build_toolkit(wheel_dir, dest).root
+    toolkit = build_toolkit(wheel_dir, dest)
+    if toolkit.missing_optional:
+        print(f"[build_caffe] the CUDA toolkit in {toolkit.root} has no "
+              f"{', '.join(toolkit.missing_optional)}", flush=True)
+    return toolkit.root
