@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 # The three losses the paper compares, and the batch each trains with: 128
 # (64 pairs) for lifted and contrastive, 120 (40 triplets) for triplet.
 METHODS = ("lifted", "contrastive", "triplet")
@@ -30,15 +28,6 @@ RECALL_K = {
     "digits": (1, 2, 4, 8),
     "glyphs": (1, 2, 4, 8),
 }
-
-# "Iteration 10 (9.2 iter/s, 1.09s/10 iters), loss = 9.9" in caffe train's log.
-LOSS_LINE = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = ([-+.\deEnaif]+)")
-
-
-def pool5_is_global(crop: int) -> bool:
-    """GoogLeNet's pool5 is a 7x7 average over the 7x7 map of a 224-227 crop;
-    smaller inputs (quick checks on fixtures) average whatever map they get."""
-    return crop < 224
 
 # The offline miniatures: the demo's small net, trained from scratch.
 DEMO_DATASETS = ("glyphs", "digits")

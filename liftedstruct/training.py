@@ -15,7 +15,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from liftedstruct.constants import LOSS_LINE
 from liftedstruct.errors import OutputError, PipelineError, WeightsError
 from liftedstruct.files import is_disk_full
 from liftedstruct.paths import caffe_binary
@@ -26,6 +25,9 @@ SNAPSHOT_ITERATION = re.compile(r"_iter_(\d+)\.solverstate$")
 # per learnable value (float weights plus momentum history), with this slack.
 SNAPSHOT_BYTES_PER_VALUE = 8
 SNAPSHOT_SLACK = 1 << 20
+
+# "Iteration 10 (9.2 iter/s, 1.09s/10 iters), loss = 9.9" in caffe train's log.
+LOSS_LINE = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = ([-+.\deEnaif]+)")
 
 
 def snapshot_problem(model: Path, params: dict[str, list[int]]) -> str | None:

@@ -16,8 +16,22 @@ from liftedstruct.errors import WeightsError
 from liftedstruct.files import file_digest
 from liftedstruct.paths import REPO_ROOT
 
-GOOGLENET_URL = "http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel"
-GOOGLENET_SHA1 = "405fc5acd08a3bb12de8ee5e23a96bec22f08204"
+ZOO_README = REPO_ROOT / "prototxt" / "README.md"
+
+
+def zoo_front_matter(path: Path = ZOO_README) -> dict[str, str]:
+    """The model-zoo front matter (`key: value` lines between two `---`) of
+    the committed nets' readme: the weights' URL and SHA-1, among others."""
+    lines = path.read_text().splitlines()
+    if not lines or lines[0] != "---" or "---" not in lines[1:]:
+        raise WeightsError(f"{path}: no front matter between '---' lines")
+    body = lines[1:lines.index("---", 1)]
+    return {key.strip(): value.strip() for key, _, value in
+            (line.partition(":") for line in body) if key.strip()}
+
+
+GOOGLENET_URL = zoo_front_matter()["caffemodel_url"]
+GOOGLENET_SHA1 = zoo_front_matter()["sha1"]
 DEFAULT_PATH = REPO_ROOT / "data" / "weights" / "bvlc_googlenet.caffemodel"
 
 

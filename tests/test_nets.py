@@ -216,3 +216,15 @@ def test_readme_training_command_in_a_fresh_clone(caffe, bvlc_googlenet_deploy, 
                           "prototxt/solver_cub.prototxt", "-gpu", "0"], cwd=clone,
                          capture_output=True, text=True, env=GLOG, timeout=300)
     assert gpu.returncode != 0 and "CPU-only" in gpu.stderr
+
+
+def test_demo_readme_describes_the_demo_net():
+    """prototxt/demo/README.md gives the widths the template builds."""
+    from liftedstruct.constants import DEMO_EMBEDDING
+    from liftedstruct.nets.template import DEMO_WIDTHS
+
+    text = (REPO_ROOT / "prototxt" / "demo" / "README.md").read_text()
+    conv1, conv2, fc = DEMO_WIDTHS
+    assert (f"conv 3×3 ×{conv1}, ReLU, max-pool 2 → conv 3×3 ×{conv2}, ReLU, max-pool 2 → "
+            f"fc {fc}") in text
+    assert f"`fc_embedding` ({DEMO_EMBEDDING})" in text

@@ -93,3 +93,17 @@ def test_weights_must_cover_the_layers_a_blob_needs(caffe, tmp_path):
     caffe.Net(str(wide), caffe.TEST).save(str(resized))
     with pytest.raises(WeightsError, match="other sizes.*fc2"):
         weights.check_fit(resized, params, "the net")
+
+
+def test_zoo_readme_names_bvlc_googlenet_as_bvlc_does():
+    """The committed nets' readme carries the weights' URL and SHA-1 in model-
+    zoo front matter, the same as BVLC's own models/bvlc_googlenet/readme.md
+    in the Caffe source the build used; fetch_weights reads them from there."""
+    found = sorted((weights.REPO_ROOT / "build").glob("src-*/**/models/bvlc_googlenet/readme.md"))
+    assert found, "no Caffe source tree under build/: run tools/setup.sh"
+    ours = weights.zoo_front_matter()
+    bvlc = weights.zoo_front_matter(found[0])
+    for key in ("caffemodel", "caffemodel_url", "sha1"):
+        assert ours[key] == bvlc[key], key
+    assert (weights.GOOGLENET_URL, weights.GOOGLENET_SHA1) == (ours["caffemodel_url"],
+                                                               ours["sha1"])

@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 
 from liftedstruct import cli, metrics
-from liftedstruct.constants import METHODS as LOSSES
+from liftedstruct.constants import METHODS
 from liftedstruct.lmdbio import make_datum, write_lmdb
 from liftedstruct.paths import REPO_ROOT
 
-METHODS = (*LOSSES, "pool5")
+SCORED = (*METHODS, "pool5")  # the three losses and the untrained baseline
 
 
 def make_features(folder: Path, n: int, dim: int, classes: int) -> tuple[list[Path], np.ndarray]:
@@ -38,7 +38,7 @@ def make_features(folder: Path, n: int, dim: int, classes: int) -> tuple[list[Pa
     centres = rng.normal(size=(classes, dim)).astype(np.float32)
     ids = np.array([f"{i:09d}" for i in range(n)])
     paths = []
-    for index, method in enumerate(METHODS):
+    for index, method in enumerate(SCORED):
         noise = rng.normal(scale=1.0 + 0.3 * index, size=(n, dim)).astype(np.float32)
         path = folder / f"{method}.npz"
         np.savez(path, features=centres[labels] + noise, labels=labels, ids=ids)
@@ -80,7 +80,7 @@ def main() -> int:
         cmd = [sys.executable, str(REPO_ROOT / "tools" / "report.py"), "--dataset", "sop",
                "--embedding", str(args.dim), "--images", str(folder / "test_lmdb"),
                "--out", str(folder / "report")]
-        for method, path in zip(METHODS, paths, strict=True):
+        for method, path in zip(SCORED, paths, strict=True):
             cmd += ["--result", f"{method}={folder / 'scores.json'}",
                     "--features", f"{method}={path}"]
         start = time.perf_counter()
@@ -91,12 +91,12 @@ def main() -> int:
             return 1
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         figures = sorted(p.name for p in (folder / "report").glob("*.png"))
-    summary = {"n": args.n, "dim": args.dim, "classes": args.classes, "methods": len(METHODS),
+    summary = {"n": args.n, "dim": args.dim, "classes": args.classes, "methods": len(SCORED),
                "report_seconds": seconds, "report_peak_rss_gb": peak / 1e9,
                "figures": figures,
                "machine": platform.processor() or platform.machine()}
     print(f"report at N = {args.n}, D = {args.dim}, {args.classes} classes, "
-          f"{len(METHODS)} methods: {seconds:.1f} s, peak RSS {peak / 1e9:.2f} GB; "
+          f"{len(SCORED)} methods: {seconds:.1f} s, peak RSS {peak / 1e9:.2f} GB; "
           f"{len(figures)} figures")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -159,9 +159,10 @@ class LiftedStructSimilaritySoftmaxLossLayerTest
   }
 
   // num / 2 positive pairs: item p and p + num / 2 share label p; each pair's
-  // second item is its first moved by `gap` in a random direction. Features
+  // second item is its first moved by `gap` in a random direction (ordinary
+  // pairs for a gap near the norm, near-duplicates for a tiny one). Features
   // of norm about `norm` in dim dimensions.
-  void MakeNearDuplicatePairs(int num, int dim, double norm, double gap) {
+  void MakePairs(int num, int dim, double norm, double gap) {
     blob_bottom_data_->Reshape(num, dim, 1, 1);
     blob_bottom_label_->Reshape(num, 1, 1, 1);
     FillerParameter filler_param;
@@ -392,9 +393,9 @@ TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerTest, TestBlobShapes) {
 TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerTest, TestAgainstReference) {
   // Ordinary random batches, including 1-D features, where many pairs are
   // close relative to their norms.
-  this->MakeNearDuplicatePairs(32, 64, 1.0, 0.8);
+  this->MakePairs(32, 64, 1.0, 0.8);
   this->CheckAgainstReference(1e-5, 1e-4);
-  this->MakeNearDuplicatePairs(128, 1, 2.0, 0.05);
+  this->MakePairs(128, 1, 2.0, 0.05);
   this->CheckAgainstReference(1e-5, 1e-4);
 }
 
@@ -402,9 +403,9 @@ TYPED_TEST(LiftedStructSimilaritySoftmaxLossLayerTest, TestNearDuplicates) {
   // Positive pairs 1e-3 and 1e-4 apart at feature norms of 2.3: D^2 from the
   // expansion alone would be all rounding error there (gradients 84% off,
   // the pull lost entirely at 1e-4).
-  this->MakeNearDuplicatePairs(64, 256, 2.3, 1e-3);
+  this->MakePairs(64, 256, 2.3, 1e-3);
   this->CheckAgainstReference(1e-5, 1e-3);
-  this->MakeNearDuplicatePairs(64, 256, 2.3, 1e-4);
+  this->MakePairs(64, 256, 2.3, 1e-4);
   this->CheckAgainstReference(1e-5, 1e-3);
 }
 
