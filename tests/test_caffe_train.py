@@ -9,8 +9,8 @@ import subprocess
 import lmdb
 import numpy as np
 
-from liftedstruct.constants import LOSS_LINE
 from liftedstruct.paths import caffe_binary
+from liftedstruct.training import LOSS_LINE
 
 
 def write_points_lmdb(caffe, path, points, labels):

@@ -18,13 +18,13 @@ from google.protobuf import text_format
 from liftedstruct.constants import (
     EMBEDDINGS,
     HEADLINE_EMBEDDING,
-    LOSS_LINE,
     METHODS,
     PAPER_DATASETS,
 )
 from liftedstruct.nets import zoo
 from liftedstruct.nets.derive import RunNet
 from liftedstruct.paths import REPO_ROOT, caffe_binary
+from liftedstruct.training import LOSS_LINE
 
 PROTOTXT = REPO_ROOT / "prototxt"
 GLOG = {**os.environ, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}
