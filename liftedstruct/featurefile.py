@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from liftedstruct.errors import ScoringError
+from liftedstruct.files import atomic_path
 
 
 def feature_key(blob: str) -> str:
@@ -21,16 +22,9 @@ def feature_key(blob: str) -> str:
 
 def save_features(path: Path, **arrays: np.ndarray) -> Path:
     """np.savez via a temporary name: a half-written file never looks done.
-    The temporary name ends in .tmp, not .npz (np.savez given a file name
-    would add .npz), so that no pattern for finished files matches it."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
+    (np.savez is given an open file: given a name it would add .npz.)"""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

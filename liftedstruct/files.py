@@ -27,15 +27,23 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary name and rename: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary name beside path to write to; renamed to path when the
+    block ends, removed if it raises: readers never see half a file. The
+    name ends in suffix, so no pattern for finished files matches it."""
+    tmp = path.with_name(path.name + suffix)
     try:
-        tmp.write_text(text)
+        yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def inside(name: str) -> bool:

@@ -26,7 +26,7 @@ from liftedstruct.build import gtests
 from liftedstruct.build.cmake import BuildOptions, build, installed_options
 from liftedstruct.build.source import BUILD_DIR, log, run
 from liftedstruct.errors import BuildError
-from liftedstruct.files import file_digest
+from liftedstruct.files import atomic_path, file_digest
 from liftedstruct.paths import REPO_ROOT
 
 SCRIPTS = REPO_ROOT / "gpu-kit"
@@ -315,15 +315,14 @@ def write_archive(kit: Path, archive: Path, compression: str) -> None:
         info.mtime = 0
         return info
 
-    tmp = archive.with_name(archive.name + ".tmp")
     mode = "w:xz" if compression == "xz" else "w:gz"
     kwargs = {"preset": 9} if compression == "xz" else {"compresslevel": 6}
-    with tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT, **kwargs) as tar:
+    with atomic_path(archive) as tmp, tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT,
+                                                   **kwargs) as tar:
         paths = [kit] + sorted(kit.rglob("*"))
         for path in paths:
             tar.add(path, arcname=str(path.relative_to(kit.parent)), recursive=False,
                     filter=clean)
-    tmp.replace(archive)
 
 
 def make_kit(out: Path, from_prefix: Path | None, compression: str, jobs: int | None,

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from liftedstruct.errors import WeightsError
-from liftedstruct.files import file_digest
+from liftedstruct.files import atomic_path, file_digest
 from liftedstruct.paths import REPO_ROOT
 
 ZOO_README = REPO_ROOT / "prototxt" / "README.md"
@@ -49,9 +49,8 @@ def install_from(source: Path, dest: Path = DEFAULT_PATH, sha1: str = GOOGLENET_
     verify(source, sha1)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if source.resolve() != dest.resolve():
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.copyfile(source, tmp)
-        tmp.replace(dest)
+        with atomic_path(dest, ".partial") as tmp:
+            shutil.copyfile(source, tmp)
     return dest
 
 

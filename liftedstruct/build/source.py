@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liftedstruct.errors import BuildError
-from liftedstruct.files import file_digest, safe_extract_tar
+from liftedstruct.files import atomic_path, file_digest, safe_extract_tar
 from liftedstruct.paths import REPO_ROOT
 
 
@@ -201,10 +201,9 @@ def sync_file(src: Path, dest: Path) -> bool:
     if dest.exists() and dest.read_bytes() == data:
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_bytes(data)
-    shutil.copymode(src, tmp)
-    tmp.replace(dest)
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+        shutil.copymode(src, tmp)
     return True
 
 
