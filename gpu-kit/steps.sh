@@ -257,17 +257,23 @@ step_layer_speed() {
 }
 
 # Caffe's Data layer alone on the fixture's JPEG datums with the paper's
-# transform: decode + crop + mirror + mean, on this machine's CPU.
+# transform: decode + crop + mirror + mean on this machine's CPU, stock (one
+# thread) and on every core (patch 0011's threads).
 step_data_layer() {
-  local log=$WORK/data_layer.log ms
-  caffe time -model nets/data_layer.prototxt -iterations 30 > "$log" 2>&1 \
-    || { cat "$log"; fail "caffe time on the data layer failed"; }
-  cat "$log"
-  ms=$(sed -n 's/.*Average Forward pass: \([0-9.]*\) ms.*/\1/p' "$log" | tail -1)
-  [ -n "$ms" ] || fail "no forward time in the log"
-  fig ms_per_batch "$ms"
-  fig images_per_s "$(awk -v m="$ms" 'BEGIN { printf "%.0f", 128000 / m }')"
-  fig cores "$(getconf _NPROCESSORS_ONLN)"
+  local cores threads log ms rates=""
+  cores=$(getconf _NPROCESSORS_ONLN)
+  for threads in 1 "$cores"; do
+    log=$WORK/data_layer_$threads.log
+    CAFFE_DATA_THREADS=$threads caffe time -model nets/data_layer.prototxt -iterations 50 \
+      > "$log" 2>&1 || { cat "$log"; fail "caffe time on the data layer failed"; }
+    cat "$log"
+    ms=$(sed -n 's/.*Average Forward pass: \([0-9.]*\) ms.*/\1/p' "$log" | tail -1)
+    [ -n "$ms" ] || fail "no forward time in the log"
+    rates+="${rates:+, }\"$threads\": $(awk -v m="$ms" 'BEGIN { printf "%.0f", 128000 / m }')"
+    [ "$cores" = 1 ] && break
+  done
+  fig images_per_s_by_threads "{$rates}"
+  fig cores "$cores"
 }
 
 STEP=$1

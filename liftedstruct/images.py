@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
@@ -63,6 +64,35 @@ def process_images(items: list[Item], fmt: ImageFormat, workers: int,
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(tqdm(pool.map(_process_job, jobs, chunksize=32), total=len(jobs),
                          desc=desc, unit="img"))
+
+
+def synthetic_photo(rng: np.random.Generator, width: int, height: int,
+                    detail: float = 0.0) -> np.ndarray:
+    """A BGR picture whose JPEG sizes are like photos', not like noise':
+    random colors 16 pixels apart, smoothly interpolated, plus (detail > 0)
+    finer texture of that standard deviation (10: 256x256 quality-95 JPEG
+    datums of about 37 KB)."""
+    small = rng.integers(0, 256, size=(height // 16, width // 16, 3), dtype=np.uint8)
+    image = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    if detail:
+        fine = rng.normal(0, detail, size=(height // 2, width // 2, 3)).astype(np.float32)
+        fine = cv2.resize(fine, (width, height), interpolation=cv2.INTER_CUBIC)
+        image = np.clip(image + fine, 0, 255).astype(np.uint8)
+    return image
+
+
+def write_synthetic_jpegs(folder: Path, count: int, width: int, height: int,
+                          detail: float = 0.0, seed: int = 0) -> list[str]:
+    """count synthetic_photo pictures as quality-90 JPEGs img_00000.jpg, ...
+    in folder (what the benchmarks prepare); returns their names."""
+    rng = np.random.default_rng(seed)
+    names = []
+    for index in range(count):
+        name = f"img_{index:05d}.jpg"
+        cv2.imwrite(str(folder / name), synthetic_photo(rng, width, height, detail),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        names.append(name)
+    return names
 
 
 def datum_image(datum) -> np.ndarray | None:

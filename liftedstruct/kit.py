@@ -166,7 +166,7 @@ def write_nets(kit: Path) -> None:
     from liftedstruct.nets.template import (
         HEADER,
         SolverConfig,
-        data_layer_net,
+        data_timing_net,
         paper_config,
         solver,
         time_net,
@@ -197,7 +197,7 @@ def write_nets(kit: Path) -> None:
         for name, text in files.items():
             (folder / name).write_text(text.replace(HEADER, header))
     (kit / "nets" / "data_layer.prototxt").write_text(
-        data_layer_net(paper).replace(HEADER, header))
+        data_timing_net(paper.train_source).replace(HEADER, header))
 
 
 def fixture_data(work: Path) -> Path:

@@ -1,6 +1,7 @@
 """Test tooling: compile caffe_layers' CUDA sources with nvcc (their .cpp
-files, and Caffe's cuDNN layers through patch 0008, with the host compiler,
-without CPU_ONLY) against the built tree's headers. Catches a .cu that does
+files, Caffe's Data layer and transformer as patch 0011 changes them, and
+Caffe's cuDNN layers through patch 0008, with the host compiler, without
+CPU_ONLY) against the built tree's headers. Catches a .cu that does
 not compile on a machine that can neither build nor run the whole CUDA Caffe
 (CI). Needs a finished build for caffe.pb.h."""
 
@@ -30,6 +31,9 @@ def check_cuda_compile(variant: str = "cpu", arch: str = "90") -> list[Path]:
                 f"-I{toolkit / 'include'}"]
     sources = sorted((LAYERS_DIR / "src").rglob("*.cu")) + sorted(
         (LAYERS_DIR / "src").rglob("*.cpp"))
+    # Patch 0011: the Data layer's threads take the CUDA device in a GPU build.
+    sources += [work / "src" / "caffe" / "layers" / "data_layer.cpp",
+                work / "src" / "caffe" / "data_transformer.cpp"]
     # Caffe's cuDNN layers with the cuDNN 8+ stand-ins (patch 0008), where
     # the toolkit has cuDNN's headers.
     cudnn = (toolkit / "include" / "cudnn.h").exists()
@@ -47,7 +51,10 @@ def check_cuda_compile(variant: str = "cpu", arch: str = "90") -> list[Path]:
             # The .cpp files too, with the host compiler as Caffe's build does:
             # their CUDA-only paths (no STUB_GPU, the GPU typed test cases)
             # only compile without CPU_ONLY.
+            # With OpenCV and LMDB, as Caffe's build has them (the data layer
+            # tests compile only so).
             run([os.environ.get("CXX", "g++"), "-c", "-std=c++17", "-fPIC", *defines,
-                 *includes, f"-I{toolkit / 'include' / 'cccl'}", str(source), "-o", str(obj)])
+                 "-DUSE_OPENCV", "-DUSE_LMDB", "-I/usr/include/opencv4", *includes,
+                 f"-I{toolkit / 'include' / 'cccl'}", str(source), "-o", str(obj)])
         objects.append(obj)
     return objects

@@ -152,6 +152,9 @@ def test_patches_apply_to_the_pristine_tree(tmp_path, monkeypatch):
     assert "SetTotalBytesLimit(kProtoReadBytesLimit);" in (
         work / "src" / "caffe" / "util" / "io.cpp").read_text()
     assert "create_directories" in (work / "src" / "caffe" / "solver.cpp").read_text()
+    assert "optional uint32 threads = 11" in proto
+    assert "load_batch_parallel" in (work / "src" / "caffe" / "layers" /
+                                     "data_layer.cpp").read_text()
     assert (work / "src" / "caffe" / "layers" /
             "lifted_struct_similarity_softmax_loss_layer.cu").exists()
     assert (work / "include" / "caffe" / "util" / "lifted_struct.hpp").exists()

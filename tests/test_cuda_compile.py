@@ -21,6 +21,7 @@ def test_layers_compile_with_nvcc():
     sources = list((LAYERS_DIR / "src").rglob("*.cu")) + list(
         (LAYERS_DIR / "src").rglob("*.cpp"))
     assert len(objects) >= len(sources) >= 6
+    assert {"data_layer.cpp.o", "data_transformer.cpp.o"} <= {obj.name for obj in objects}
     if Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include", "cudnn.h").exists():
         names = {obj.name for obj in objects}
         assert {"cudnn_conv_layer.cpp.o", "cudnn_conv_layer.cu.o", "cudnn.cpp.o"} <= names

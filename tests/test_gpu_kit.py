@@ -121,7 +121,8 @@ def test_cpu_check_passes(cpu_check):
     assert steps["features"]["features"]["n"] == 512 and 0 <= recall["1"] <= 100
     assert {(row["m"], row["c"]) for row in steps["layer_speed"]["caffe"]} == {(128, 64),
                                                                               (128, 512)}
-    assert steps["data_layer"]["images_per_s"] > 0
+    rates = steps["data_layer"]["images_per_s_by_threads"]
+    assert set(rates) == {"1", str(os.cpu_count())} and min(rates.values()) > 0
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "logs.tar.gz",
                                                      "summary.txt"]
 

@@ -16,26 +16,11 @@ import time
 from pathlib import Path
 
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
-import cv2
-import numpy as np
 
 from liftedstruct.datasets import Item
-from liftedstruct.images import ImageFormat, process_images
+from liftedstruct.images import ImageFormat, process_images, write_synthetic_jpegs
 from liftedstruct.lmdbio import make_datum, write_lmdb
 from liftedstruct.paths import caffe_binary
-
-
-def make_jpegs(folder: Path, count: int, width: int, height: int) -> list[str]:
-    rng = np.random.default_rng(0)
-    names = []
-    for index in range(count):
-        # Smooth random pictures: JPEG sizes like photos', not like noise.
-        small = rng.integers(0, 256, size=(height // 16, width // 16, 3), dtype=np.uint8)
-        image = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-        name = f"img_{index:05d}.jpg"
-        cv2.imwrite(str(folder / name), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        names.append(name)
-    return names
 
 
 def ours(folder: Path, names: list[str], out: Path, workers: int) -> float:
@@ -70,7 +55,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_prepare."))
     try:
-        names = make_jpegs(work, args.count, args.width, args.height)
+        names = write_synthetic_jpegs(work, args.count, args.width, args.height)
         caffe_seconds = convert_imageset(work, names, work / "caffe_lmdb")
         our_seconds = ours(work, names, work / "our_lmdb", args.workers)
     finally:

@@ -6,6 +6,9 @@ train_val and solver per dataset, one deploy per embedding size, the demo).
 --check: fail if the committed files differ from the template.
 --dataset D --method M --embedding E --out DIR: write DIR/train_val.prototxt,
 solver.prototxt and deploy.prototxt for any of the paper's configurations.
+--data-timing LMDB --out DIR: write DIR/data_timing.prototxt, the training
+Data layer alone on LMDB (into a Silence layer), for timing the data path
+with `caffe time` (threads from CAFFE_DATA_THREADS, or the cores).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from liftedstruct import cli
 from liftedstruct.constants import EMBEDDINGS, METHODS, PAPER_DATASETS
 from liftedstruct.files import check_writable
+from liftedstruct.nets.template import data_timing_net
 from liftedstruct.nets.zoo import check_committed, committed_files, net_files, write_files
 from liftedstruct.paths import REPO_ROOT
 
@@ -34,7 +38,21 @@ def main() -> int:
     parser.add_argument("--method", choices=METHODS)
     parser.add_argument("--embedding", type=int, choices=EMBEDDINGS)
     parser.add_argument("--out", type=Path, help="folder for one configuration's files")
+    parser.add_argument("--data-timing", type=Path, metavar="LMDB",
+                        help="write OUT/data_timing.prototxt: the Data layer alone on LMDB")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=128,
+                        help="batch of the --data-timing net (default 128)")
     args = parser.parse_args()
+    if args.data_timing:
+        if args.out is None or args.check or args.dataset or args.method or args.embedding:
+            parser.error("--data-timing goes with --out only")
+        net = args.out / "data_timing.prototxt"
+        write_files(args.out, {net.name: data_timing_net(str(args.data_timing.resolve()),
+                                                         args.batch_size)})
+        print(net)
+        print(f"time it with: CAFFE_DATA_THREADS=N caffe time -model {net} -iterations 200 "
+              f"(images/s = {args.batch_size} x 1000 / the average forward pass in ms)")
+        return 0
     one = [args.dataset, args.method, args.embedding, args.out]
     if any(v is not None for v in one):
         if any(v is None for v in one) or args.check:

@@ -219,7 +219,9 @@ def embedding_layer(config: NetConfig, bottom: str) -> str:
                            'bias_filler { type: "constant" value: 0 }').rstrip("\n"))
 
 
-def data_layer(config: NetConfig, phase: str) -> str:
+def data_layer(config: NetConfig, phase: str, threads: int | None = None) -> str:
+    """Caffe's Data layer with the config's transform; threads sets data_param's
+    threads (patch 0011; None leaves it to CAFFE_DATA_THREADS or the cores)."""
     train = phase == "TRAIN"
     transform = f"mirror: {'true' if train and config.mirror else 'false'}\n"
     transform += f"crop_size: {config.crop}\n"
@@ -231,7 +233,22 @@ def data_layer(config: NetConfig, phase: str) -> str:
                   f"include {{ phase: {phase} }}\n"
                   + _block("transform_param", transform.rstrip("\n"))
                   + _block("data_param", f'source: "{source}"\n'
-                           f"batch_size: {config.batch}\nbackend: LMDB").rstrip("\n"))
+                           f"batch_size: {config.batch}\nbackend: LMDB"
+                           + (f"\nthreads: {threads}" if threads is not None else ""))
+                  .rstrip("\n"))
+
+
+def data_timing_net(source: str, batch: int = BATCH["lifted"],
+                    threads: int | None = None) -> str:
+    """The training Data layer alone (the paper's transform: 227x227 random
+    crops, mirrors, mean 104/117/123) into a Silence layer, reading the LMDB
+    source: `caffe time -model NET -iterations N` then times the data path,
+    each iteration's forward pass being the wait for the next batch."""
+    config = NetConfig(dataset="data", method="lifted", embedding=0, batch=batch,
+                       train_source=source)
+    return (HEADER + 'name: "data_timing"\n' + data_layer(config, "TRAIN", threads)
+            + _block("layer", 'name: "silence"\ntype: "Silence"\nbottom: "data"\n'
+                     'bottom: "label"'))
 
 
 def loss_layers(config: NetConfig) -> str:
@@ -295,14 +312,6 @@ def time_net(config: NetConfig) -> str:
                              f"shape {{ {shape} }}\nshape {{ dim: {config.batch} }}")
                     .rstrip("\n"))
     return train_val(config, inputs)
-
-
-def data_layer_net(config: NetConfig) -> str:
-    """The training net's Data layer alone (decode, crop, mirror, mean), its
-    tops silenced: `caffe time` on it measures the data path."""
-    return (HEADER + f'name: "{config.name}_data_layer"\n' + data_layer(config, "TRAIN")
-            + _block("layer", 'name: "silence"\ntype: "Silence"\nbottom: "data"\n'
-                     'bottom: "label"'))
 
 
 def deploy(config: NetConfig, batch: int = 128, name: str | None = None) -> str:
