@@ -103,9 +103,27 @@ def cpu_check(kit, tmp_path_factory):
     return result, out
 
 
+def failed_steps(out: Path) -> str:
+    """Each failed step's reason and the end of its log, for the assertion."""
+    report = json.loads((out / "gpu_check.json").read_text())
+    text = []
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        logs = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+        for step in report["steps"]:
+            if step["status"] != "failed":
+                continue
+            text.append(f"== {step['name']}: {step.get('reason', '')}")
+            member = logs.get(f"{step['name']}.log")
+            if member is not None:
+                lines = tar.extractfile(member).read().decode(errors="replace").splitlines()
+                text.extend(lines[-40:])
+    return "\n".join(text)
+
+
 def test_cpu_check_passes(cpu_check):
     result, out = cpu_check
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-1500:] + (
+        failed_steps(out) if (out / "logs.tar.gz").is_file() else "")
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["passed"] is True and report["mode"] == "cpu"
     steps = {step["name"]: step for step in report["steps"]}

@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from tqdm import tqdm
 
 from liftedstruct import cli
