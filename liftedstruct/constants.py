@@ -29,6 +29,9 @@ RECALL_K = {
     "glyphs": (1, 2, 4, 8),
 }
 
-# The offline miniatures: the demo's small net, trained from scratch.
+# The offline miniatures: the demo's small net, trained from scratch, and the
+# sizes of its sweep: its fc1 has 256 units (nets/template.py DEMO_WIDTHS), so
+# 16-128 stand to it as the paper's 64-512 to GoogLeNet's 1024-wide pool5.
 DEMO_DATASETS = ("glyphs", "digits")
 DEMO_EMBEDDING = 64
+DEMO_EMBEDDINGS = (16, 32, 64, 128)

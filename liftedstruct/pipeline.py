@@ -1,12 +1,27 @@
 """prepare -> train -> extract -> score -> report, resumable, for one dataset.
 
+A run trains every method at one or more embedding sizes from one or more
+seeds (a sweep: the paper's Figs. 6-8 and 12). A seed fixes the training
+batches (the pair and triplet order of the prepared LMDBs) and the solver's
+random seed; every method at every size of that seed trains on the same
+batches with the same solver and iterations. The untrained baseline (raw
+pixels for the demos, ImageNet GoogLeNet's pool5 otherwise) does not depend
+on either and is extracted and scored once.
+
 Everything is checked before anything is written: a run that cannot start
 leaves no trace, and a run folder only ever resumes the run it was made for
 (same settings, same dataset, same weights file content). Every stage but
 training resumes exactly; a training resumed from a solverstate cannot
 (Caffe's solverstate keeps neither the data reader's position nor the
 random state), so each such resume is recorded in state.json and, with the
-method's scores, in results.json and the report."""
+method's scores, in results.json and the report.
+
+Run folder of one size and one seed: data/ (LMDBs), train/<method>/ (nets,
+solver, snapshots), logs/, features/<name>.npz, scores/<name>.json,
+results.json, report/. A sweep keeps each seed's data in data/s<seed>/ and
+each size and seed apart as e<size>_s<seed>/ below train/, features/ and
+scores/ (results.json keys such as "e16_s0/lifted"); the baseline stays at
+features/<baseline>.npz."""
 
 from __future__ import annotations
 
@@ -24,6 +39,7 @@ from liftedstruct.constants import (
     BATCH,
     DEMO_DATASETS,
     DEMO_EMBEDDING,
+    DEMO_EMBEDDINGS,
     EMBEDDINGS,
     HEADLINE_EMBEDDING,
     METHODS,
@@ -39,7 +55,7 @@ from liftedstruct.files import atomic_write_text, check_writable, file_digest, l
 from liftedstruct.nets.derive import RunNet
 from liftedstruct.nets.template import deploy
 from liftedstruct.paths import check_gpu, import_caffe
-from liftedstruct.report import write_report
+from liftedstruct.report import write_report, write_sweep_report
 from liftedstruct.training import caffe_train, snapshot_problem
 from liftedstruct.weights import DEFAULT_PATH as GOOGLENET_WEIGHTS
 from liftedstruct.weights import check_fit, net_parameters, upstream_layers
@@ -50,17 +66,37 @@ DEMO_MAX_PAIRS = 30000
 TRUNK_TOP = "pool5/7x7_s1"
 
 
+def sweep_sizes(dataset: str) -> tuple[int, ...]:
+    """The embedding sizes of a dataset's sweep (--embedding all): the paper's
+    for its datasets, the demo net's otherwise."""
+    return DEMO_EMBEDDINGS if dataset in DEMO_DATASETS else EMBEDDINGS
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One embedding size and seed of a run. tag: its folder below train/,
+    features/ and scores/ ('' in a run of one size and one seed)."""
+
+    embedding: int
+    seed: int
+    tag: str = ""
+
+    def name(self, method: str) -> str:
+        """The method's key in results.json and state.json at this cell."""
+        return f"{self.tag}/{method}" if self.tag else method
+
+
 @dataclass
 class RunConfig:
     dataset: str = "glyphs"
-    out: Path | None = None  # default runs/<dataset>
+    out: Path | None = None  # default runs/<dataset> (runs/<dataset>_sweep for a sweep)
     root: Path | None = None
-    embedding: int | None = None
+    embeddings: tuple[int, ...] = ()  # () = the dataset's headline size
     methods: tuple[str, ...] = METHODS
     weights: Path | None = None
     gpu: int | None = None
     iterations: int | None = None
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
     max_pairs: int | None = None
     cluster: str = "kmeans"
     kmeans: str = "faiss"
@@ -73,18 +109,32 @@ class RunConfig:
     def __post_init__(self):
         if self.dataset not in SOURCES:
             raise PipelineError(f"--dataset {self.dataset}: one of {', '.join(SOURCES)}")
-        self.out = Path(self.out or Path("runs") / self.dataset)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise PipelineError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
                                 f"choose from {', '.join(METHODS)}")
         demo = self.dataset in DEMO_DATASETS
-        if self.embedding is None:
-            self.embedding = DEMO_EMBEDDING if demo else HEADLINE_EMBEDDING[self.dataset]
-        sizes = (DEMO_EMBEDDING,) if demo else EMBEDDINGS
-        if self.embedding not in sizes:
-            raise PipelineError(f"--embedding {self.embedding}: the nets for "
-                                f"{self.dataset} have {', '.join(map(str, sizes))}")
+        self.embeddings = tuple(sorted(self.embeddings)) or (
+            DEMO_EMBEDDING if demo else HEADLINE_EMBEDDING[self.dataset],)
+        self.seeds = tuple(sorted(self.seeds))
+        if not self.seeds:
+            raise PipelineError("--seeds: none given")
+        for option, values in (("--embedding", self.embeddings), ("--seeds", self.seeds)):
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise PipelineError(f"{option}: {' '.join(map(str, twice))} given twice")
+        for size in self.embeddings:
+            # The demo net is built for any size; the paper's nets come in four.
+            if demo and size < 1:
+                raise PipelineError(f"--embedding {size}: must be at least 1")
+            if not demo and size not in EMBEDDINGS:
+                raise PipelineError(f"--embedding {size}: the nets for {self.dataset} "
+                                    f"have {', '.join(map(str, EMBEDDINGS))}")
+        for seed in self.seeds:
+            if seed < 0:
+                raise PipelineError(f"--seeds {seed}: a seed is at least 0")
+        self.out = Path(self.out or Path("runs") / (
+            f"{self.dataset}_sweep" if self.sweep else self.dataset))
         for name in ("iterations", "max_pairs", "image_size", "crop", "batch"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -105,9 +155,24 @@ class RunConfig:
     def demo(self) -> bool:
         return self.dataset in DEMO_DATASETS
 
+    @property
+    def sweep(self) -> bool:
+        """More than one embedding size or seed."""
+        return len(self.embeddings) > 1 or len(self.seeds) > 1
+
+    def cells(self) -> list[Cell]:
+        """Every size of every seed, seed by seed."""
+        return [Cell(size, seed, f"e{size}_s{seed}" if self.sweep else "")
+                for seed in self.seeds for size in self.embeddings]
+
     def settings(self) -> dict:
-        """The run's identity (not where it is written or on which GPU)."""
-        return {k: str(v) for k, v in asdict(self).items() if k not in ("out", "gpu")}
+        """The run's identity (not where it is written or on which GPU): every
+        value as text, the sizes and seeds space-separated under "embedding"
+        and "seed" ("64" and "0" for the main job)."""
+        settings = {k: str(v) for k, v in asdict(self).items()
+                    if k not in ("out", "gpu", "embeddings", "seeds")}
+        return {**settings, "embedding": " ".join(map(str, self.embeddings)),
+                "seed": " ".join(map(str, self.seeds))}
 
 
 class Pipeline:
@@ -116,11 +181,12 @@ class Pipeline:
         self.out = Path(config.out).resolve()
         self.state_path = self.out / "state.json"
         self.source = SOURCES[config.dataset]
+        self.cells = config.cells()
         self._check_inputs()
         self.caffe = import_caffe()
         check_gpu(config.gpu)
         self.state: dict = {}
-        self._params: dict[str, list[int]] | None = None
+        self._params: dict[int, dict[str, list[int]]] = {}
         self.weights = self._weights()
         self.key = self._key()
 
@@ -147,25 +213,20 @@ class Pipeline:
             raise PipelineError(
                 f"{weights}: the ImageNet GoogLeNet weights are needed to fine-tune; run "
                 "tools/fetch_weights.py (or --from a copy you have), or pass --weights")
-        needed = {name: sizes for name, sizes in self.params().items()
+        needed = {name: sizes for name, sizes in self.params(self.cells[0]).items()
                   if name != "fc_embedding"}
         check_fit(weights, needed, "fine-tuning")
         return weights
 
-    def _net_parameters(self, blobs: tuple[str, ...] | None = None) -> dict[str, list[int]]:
-        """Learnable layers of the run's deploy net (batch 1), optionally only
-        those that compute the given blobs."""
-        config = self.run_net(self.config.methods[0]).net_config()
+    def _net_parameters(self, cell: Cell) -> dict[str, list[int]]:
+        """Learnable layers of the run's deploy net at the cell's size (batch 1)."""
+        config = self.run_net(self.config.methods[0], cell).net_config()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "deploy.prototxt"
             path.write_text(deploy(config, batch=1))
             self.caffe.set_mode_cpu()
             net = self.caffe.Net(str(path), self.caffe.TEST)
-            params = net_parameters(net)
-            if blobs is not None:
-                wanted = upstream_layers(net, blobs)
-                params = {k: v for k, v in params.items() if k in wanted}
-        return params
+            return net_parameters(net)
 
     def _key(self) -> dict:
         return {**self.config.settings(),
@@ -197,10 +258,10 @@ class Pipeline:
         """The output of a stage recorded as done, if it is all there (the
         scores for 'score', else {}); None when some of it is missing."""
         if stage == "prepare":
-            return {} if (self.data_dir / "manifest.json").is_file() else None
+            return {} if all((self.data_dir(seed) / "manifest.json").is_file()
+                             for seed in self.config.seeds) else None
         if stage == "extract":
-            names = [*self.config.methods, self.baseline_name()]
-            return {} if all(self.features_path(n).is_file() for n in names) else None
+            return {} if all(self.features_path(n).is_file() for n in self.names()) else None
         if stage == "score":
             try:
                 results = json.loads((self.out / "results.json").read_text())
@@ -237,8 +298,7 @@ class Pipeline:
                 if stage == "prepare":
                     self.prepare()
                 elif stage == "train":
-                    trained = [self.train(method) for method in self.config.methods]
-                    redo = redo or any(trained)
+                    redo = self.train_all() or redo
                 elif stage == "extract":
                     self.extract_all()
                 elif stage == "score":
@@ -252,20 +312,22 @@ class Pipeline:
         return results
 
     # ------------------------------------------------------------ prepare
-    @property
-    def data_dir(self) -> Path:
-        return self.out / "data"
+    def data_dir(self, seed: int) -> Path:
+        """The LMDBs of one seed's batches (and the test set)."""
+        return self.out / "data" / (f"s{seed}" if self.config.sweep else "")
 
     def prepare(self) -> None:
         config = self.config
-        options = PrepareOptions(
-            size=config.image_size or self.source.image_size, encoding=self.source.encoding,
-            seed=config.seed,
-            methods=config.methods, max_pairs=config.max_pairs,
-            count_check=config.count_check,
-            batch_size={m: config.batch or BATCH[m] for m in config.methods})
-        manifest = prepare(self.source, config.root, self.data_dir, options)
-        atomic_write_text(self.out / "logs" / "prepare.json", json.dumps(manifest, indent=2))
+        for seed in config.seeds:
+            options = PrepareOptions(
+                size=config.image_size or self.source.image_size,
+                encoding=self.source.encoding, seed=seed,
+                methods=config.methods, max_pairs=config.max_pairs,
+                count_check=config.count_check,
+                batch_size={m: config.batch or BATCH[m] for m in config.methods})
+            manifest = prepare(self.source, config.root, self.data_dir(seed), options)
+            log = f"prepare_s{seed}.json" if config.sweep else "prepare.json"
+            atomic_write_text(self.out / "logs" / log, json.dumps(manifest, indent=2))
         note = self.data_note(manifest)
         if note:
             print(f"  note: {note}", flush=True)
@@ -278,39 +340,54 @@ class Pipeline:
         return compare_fonts(manifest["fonts"], manifest["fonts_sha256"])
 
     # ------------------------------------------------------------ train
-    def run_net(self, method: str) -> RunNet:
+    def run_net(self, method: str, cell: Cell) -> RunNet:
         config = self.config
-        return RunNet(dataset=config.dataset, method=method, embedding=config.embedding,
-                      data_dir=self.data_dir, folder=self.out / "train" / method,
-                      seed=config.seed, iterations=config.iterations, crop=config.crop,
+        return RunNet(dataset=config.dataset, method=method, embedding=cell.embedding,
+                      data_dir=self.data_dir(cell.seed),
+                      folder=self.out / "train" / cell.tag / method,
+                      seed=cell.seed, iterations=config.iterations, crop=config.crop,
                       batch=config.batch, gpu=config.gpu is not None)
 
-    def params(self) -> dict[str, list[int]]:
-        """The nets' learnable layers and blob sizes (the same for every
-        method), to check snapshots with."""
-        if self._params is None:
-            self._params = self._net_parameters()
-        return self._params
+    def params(self, cell: Cell) -> dict[str, list[int]]:
+        """The nets' learnable layers and blob sizes at the cell's size (the
+        same for every method), to check snapshots with."""
+        if cell.embedding not in self._params:
+            self._params[cell.embedding] = self._net_parameters(cell)
+        return self._params[cell.embedding]
 
-    def train(self, method: str) -> bool:
-        """Train one method unless its final snapshot is there and complete;
-        whether it trained."""
-        net = self.run_net(method)
+    def train_all(self) -> bool:
+        """Every method at every cell, seed by seed; whether any trained."""
+        trained = False
+        for number, cell in enumerate(self.cells, 1):
+            if cell.tag:
+                print(f"  {cell.tag} ({number}/{len(self.cells)}): embedding "
+                      f"{cell.embedding}, seed {cell.seed}", flush=True)
+            for method in self.config.methods:
+                trained = self.train(method, cell) or trained
+        return trained
+
+    def train(self, method: str, cell: Cell) -> bool:
+        """Train one method at one cell unless its final snapshot is there
+        and complete; whether it trained."""
+        net = self.run_net(method, cell)
+        name = cell.name(method)
         paths = net.write()
         final = net.final_snapshot
-        if final.exists() and snapshot_problem(final, self.params()) is None:
-            print(f"  {method}: trained earlier ({final.name})", flush=True)
+        params = self.params(cell)
+        if final.exists() and snapshot_problem(final, params) is None:
+            print(f"  {name}: trained earlier ({final.name})", flush=True)
             return False
 
         def record_resume(iteration: int) -> None:
-            resumes = self.state["resumes"].setdefault(method, [])
+            resumes = self.state["resumes"].setdefault(name, [])
             entry = {"stage": "train", "iteration": iteration}
             if entry not in resumes:
                 resumes.append(entry)
                 self._save_state(self.state)
 
         caffe_train(paths["solver"], final, net.max_iter,
-                    self.out / "logs" / f"train_{method}.log", method, params=self.params(),
+                    self.out / "logs" / f"train_{name.replace('/', '_')}.log", name,
+                    params=params,
                     snapshot_every=net.solver_config().snapshot, weights=self.weights,
                     gpu=self.config.gpu, on_resume=record_resume)
         return True
@@ -319,16 +396,16 @@ class Pipeline:
     def features_path(self, name: str) -> Path:
         return self.out / "features" / f"{name}.npz"
 
-    def transform(self, method: str) -> Transform:
+    def transform(self, method: str, cell: Cell) -> Transform:
         """Test-time preprocessing: the TEST data layer's of the method's net."""
-        config = self.run_net(method).net_config()
+        config = self.run_net(method, cell).net_config()
         return Transform(crop=config.crop, mean=tuple(float(m) for m in config.mean),
                          scale=1.0 if config.scale is None else config.scale)
 
-    def _extract(self, method: str, weights: Path, blob: str, out: Path) -> None:
+    def _extract(self, method: str, cell: Cell, weights: Path, blob: str, out: Path) -> None:
         """Features of one blob with the given weights, which must hold every
         layer that computes the blob."""
-        net = self.run_net(method)
+        net = self.run_net(method, cell)
         deploy_path = net.paths()["deploy"]
         if not deploy_path.exists():
             net.write()
@@ -342,9 +419,10 @@ class Pipeline:
                   if name in upstream_layers(model, [blob])}
         check_fit(weights, needed, f"extracting {blob}")
         model.copy_from(str(weights))
-        source = LmdbSource(self.data_dir / "test_lmdb", self.pb2())
-        transform = self.transform(method)
+        source = LmdbSource(self.data_dir(cell.seed) / "test_lmdb", self.pb2())
+        transform = self.transform(method, cell)
         check_crop(source, transform, allow_small=self.config.crop is not None)
+        out.parent.mkdir(parents=True, exist_ok=True)
         extract(model, source, [blob], transform, out,
                 run_key(weights, deploy_path, source, [blob], transform))
 
@@ -354,19 +432,20 @@ class Pipeline:
         return caffe_pb2
 
     def extract_all(self) -> None:
-        """Each method's embedding from its final snapshot (kept when it was
-        extracted earlier from the same snapshot, net and images), and the
-        baseline's features."""
+        """Each method's embedding at each cell from its final snapshot (kept
+        when it was extracted earlier from the same snapshot, net and images),
+        and the baseline's features, once."""
         (self.out / "features").mkdir(exist_ok=True)
-        for method in self.config.methods:
-            self._extract(method, self.run_net(method).final_snapshot, "fc_embedding",
-                          self.features_path(method))
+        for cell in self.cells:
+            for method in self.config.methods:
+                self._extract(method, cell, self.run_net(method, cell).final_snapshot,
+                              "fc_embedding", self.features_path(cell.name(method)))
         baseline = self.baseline_name()
         if baseline == "raw":
             if not self.features_path(baseline).exists():
                 self._raw_features()
         else:
-            self._extract(self.config.methods[0], self.weights, TRUNK_TOP,
+            self._extract(self.config.methods[0], self.cells[0], self.weights, TRUNK_TOP,
                           self.features_path(baseline))
 
     def baseline_name(self) -> str:
@@ -377,8 +456,9 @@ class Pipeline:
     def _raw_features(self) -> None:
         from liftedstruct.features import preprocess
 
-        source = LmdbSource(self.data_dir / "test_lmdb", self.pb2())
-        transform = self.transform(self.config.methods[0])
+        cell = self.cells[0]
+        source = LmdbSource(self.data_dir(cell.seed) / "test_lmdb", self.pb2())
+        transform = self.transform(self.config.methods[0], cell)
         ids, labels, rows = [], [], []
         for key, label, image in source.read(0):
             ids.append(key)
@@ -388,32 +468,52 @@ class Pipeline:
                       labels=np.array(labels), ids=np.array(ids))
 
     # ------------------------------------------------------------ score, report
+    def entries(self) -> dict[str, tuple[str, int | None, int]]:
+        """{name: (method, embedding size, seed)} of everything scored: each
+        method at each cell, then the baseline (no size; scored once, its
+        k-means seeded with the first seed)."""
+        entries: dict[str, tuple[str, int | None, int]] = {
+            cell.name(method): (method, cell.embedding, cell.seed)
+            for cell in self.cells for method in self.config.methods}
+        entries[self.baseline_name()] = (self.baseline_name(), None, self.config.seeds[0])
+        return entries
+
     def names(self) -> list[str]:
-        return [*self.config.methods, self.baseline_name()]
+        return list(self.entries())
 
     def score_all(self) -> dict:
         (self.out / "scores").mkdir(exist_ok=True)
         results = {}
-        for name in tqdm(self.names(), desc="score", unit="method"):
+        for name, (method, size, seed) in tqdm(self.entries().items(), desc="score",
+                                               unit="embedding"):
             path = self.features_path(name)
             features, labels = load_features(path)
             ks = [k for k in RECALL_K[self.config.dataset] if k <= len(labels) - 1]
             scores = metrics.score(features, labels, ks, cluster=self.config.cluster,
-                                   seed=self.config.seed, source=str(path),
+                                   seed=seed, source=str(path),
                                    kmeans=self.config.kmeans).to_json()
-            scores["resumes"] = self.state.get("resumes", {}).get(name, [])
-            atomic_write_text(self.out / "scores" / f"{name}.json",
-                              json.dumps(scores, indent=2) + "\n")
+            scores.update(method=method, embedding=size, seed=seed,
+                          resumes=self.state.get("resumes", {}).get(name, []))
+            target = self.out / "scores" / f"{name}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, json.dumps(scores, indent=2) + "\n")
             results[name] = scores
         atomic_write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
         return results
 
     def report(self, results: dict) -> None:
-        features = {name: self.features_path(name) for name in self.names()}
-        manifest = json.loads((self.data_dir / "manifest.json").read_text())
-        written = write_report(results, self.config.dataset, self.config.embedding,
-                               self.out / "report", features, self.data_dir / "test_lmdb",
-                               seed=self.config.seed, note=self.data_note(manifest))
+        config, cell = self.config, self.cells[0]
+        manifest = json.loads((self.data_dir(cell.seed) / "manifest.json").read_text())
+        note = self.data_note(manifest)
+        if config.sweep:
+            written = write_sweep_report(results, self.baseline_name(), config.dataset,
+                                         self.out / "report", note=note)
+        else:
+            features = {name: self.features_path(name) for name in self.names()}
+            written = write_report(results, config.dataset, cell.embedding,
+                                   self.out / "report", features,
+                                   self.data_dir(cell.seed) / "test_lmdb",
+                                   seed=cell.seed, note=note)
         print((self.out / "report" / "report.md").read_text())
         for path in written.values():
             print(f"  {path}")

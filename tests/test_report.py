@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from matplotlib.collections import PolyCollection
 
 from liftedstruct.errors import LiftedError
 from liftedstruct.paths import REPO_ROOT
@@ -16,10 +17,17 @@ from liftedstruct.report import (
     PAPER_RESULTS,
     check_result,
     comparison,
+    lead_summary,
+    leads,
     markdown_table,
     published,
     retrieval_rows,
+    sweep_figure,
+    sweep_markdown,
+    sweep_runs,
+    sweep_table,
     write_report,
+    write_sweep_report,
 )
 
 TOOLS = REPO_ROOT / "tools"
@@ -170,3 +178,126 @@ def test_report_cli_refuses_bad_inputs_before_drawing(caffe, tiny_cub, tmp_path)
                       "lifted=" + str(tmp_path / "f.npz"), "--out", tmp_path / "out")
     assert good.returncode == 0, good.stderr[-2000:]
     assert (tmp_path / "out" / "retrieval_lifted.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- sweeps
+
+def sweep_results(dataset: str, values: dict, baseline: str = "pool5",
+                  base: float = 0.2) -> dict:
+    """results.json of a sweep: values[(method, size)] = Recall@1 per seed;
+    NMI and F1 follow from it so that each metric has its own numbers."""
+    results = {}
+    for (method, size), per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            results[f"e{size}_s{seed}/{method}"] = {
+                "recall@1": value, "nmi": value / 2, "f1": value / 4, "method": method,
+                "embedding": size, "seed": seed, "resumes": []}
+    results[baseline] = {"recall@1": base, "nmi": base / 2, "f1": base / 4,
+                         "method": baseline, "embedding": None, "seed": 0, "resumes": []}
+    return results
+
+
+def panel_lines(figure, title: str) -> dict[str, object]:
+    ax = next(ax for ax in figure.axes if ax.get_title() == title)
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_sweep_table_spread_over_seeds_and_the_papers_values():
+    values = {("lifted", 64): (0.40, 0.42, 0.47), ("lifted", 512): (0.50, 0.52, 0.51),
+              ("triplet", 64): (0.30, 0.31, 0.32), ("triplet", 512): (0.35, 0.36, 0.37)}
+    results = sweep_results("cub", values)
+    table = sweep_table(sweep_runs(results, "pool5"), "cub")
+    cell = table["lifted"][64]["recall@1"]
+    assert cell["seeds"] == pytest.approx({0: 40.0, 1: 42.0, 2: 47.0})
+    assert cell["mean"] == pytest.approx(43.0) and cell["min"] == pytest.approx(40.0)
+    assert cell["max"] == pytest.approx(47.0)
+    assert cell["std"] == pytest.approx(np.std([40.0, 42.0, 47.0], ddof=1))
+    assert table["lifted"][64]["nmi"]["mean"] == pytest.approx(21.5)
+    # The paper's CUB numbers are at 512 and only for Recall@K.
+    assert cell["paper"] is None
+    assert table["lifted"][512]["recall@1"]["paper"] == 47.2
+    assert table["triplet"][512]["recall@1"]["paper"] == 36.1
+    assert table["lifted"][512]["nmi"]["paper"] is None
+    text = sweep_markdown(table, {"pool5": results["pool5"]}, "cub")
+    assert "| lifted | 64 | 43.0 (40.0–47.0) | 21.5 (20.0–23.5) |" in text
+    assert "| lifted | 512 | 51.0 (50.0–52.0); paper 47.2 | 25.5" in text
+    assert "| ImageNet pool5 (untrained) | – | 20.0 | 10.0 | 5.0 |" in text
+    assert "Rolinek" in text and "states no embedding size" not in text
+
+    figure = sweep_figure(table, {"pool5": results["pool5"]}, "cub")
+    recall = panel_lines(figure, "Recall@1")
+    assert list(recall["lifted"].get_xdata()) == [64, 512]
+    assert list(recall["lifted"].get_ydata()) == pytest.approx([43.0, 51.0])
+    assert list(recall["lifted (paper)"].get_xdata()) == [512]
+    assert list(recall["lifted (paper)"].get_ydata()) == [47.2]
+    assert list(recall["ImageNet pool5 (untrained)"].get_ydata()) == pytest.approx([20, 20])
+    nmi = panel_lines(figure, "NMI")
+    assert "lifted (paper)" not in nmi and "lifted" in nmi
+    assert list(nmi["ImageNet pool5 (untrained)"].get_ydata()) == pytest.approx([10, 10])
+    # The band from the lowest to the highest seed.
+    ax = next(ax for ax in figure.axes if ax.get_title() == "Recall@1")
+    band = next(c for c in ax.collections if isinstance(c, PolyCollection)
+                and np.allclose(c.get_paths()[0].vertices[:, 0].min(), 64))
+    assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(40.0)
+    assert band.get_paths()[0].vertices[:, 1].max() == pytest.approx(52.0)
+
+
+def test_a_source_without_a_size_is_drawn_as_a_line_and_starred():
+    values = {("lifted", 64): (0.5, 0.6), ("lifted", 128): (0.55, 0.65)}
+    results = sweep_results("cars196", values)
+    table = sweep_table(sweep_runs(results, "pool5"), "cars196")
+    assert table["lifted"][64]["recall@1"]["paper"] == 49.0
+    assert table["lifted"][64]["recall@1"]["paper_size_stated"] is False
+    recall = panel_lines(sweep_figure(table, {}, "cars196"), "Recall@1")
+    line = recall["lifted (paper, size not stated)"]
+    assert list(line.get_ydata()) == [49.0, 49.0]
+    assert "lifted (paper)" not in recall
+    text = sweep_markdown(table, {}, "cars196")
+    assert "55.0 (50.0–60.0); paper 49.0*" in text and "states no embedding size" in text
+
+
+def test_where_lifted_leads_beyond_the_seed_spread(tmp_path):
+    # At 16 lifted's worst seed clears triplet's best; at 32 they overlap.
+    values = {("lifted", 16): (0.90, 0.92, 0.91), ("triplet", 16): (0.80, 0.85, 0.82),
+              ("contrastive", 16): (0.5, 0.6, 0.55),
+              ("lifted", 32): (0.90, 0.94, 0.92), ("triplet", 32): (0.88, 0.91, 0.89),
+              ("contrastive", 32): (0.5, 0.6, 0.55)}
+    results = sweep_results("glyphs", values, baseline="raw", base=0.7)
+    table = sweep_table(sweep_runs(results, "raw"), "glyphs")
+    found = {(f["metric"], f["embedding"]): f for f in leads(table)}
+    assert found[("recall@1", 16)]["leads"] and found[("recall@1", 16)]["overlapping"] == []
+    assert found[("recall@1", 16)]["best_other"] == "triplet"
+    assert found[("recall@1", 16)]["margin"] == pytest.approx(91.0 - 82.333333)
+    assert not found[("recall@1", 32)]["leads"]
+    assert found[("recall@1", 32)]["overlapping"] == ["triplet"]
+    summary = lead_summary(table, leads(table))
+    assert summary.startswith("lifted leads beyond the spread over 3 seed(s)")
+    assert "for Recall@1 at 16; NMI at 16; F1 at 16; not for Recall@1 at 32 (lifted " \
+           "90.0–94.0, triplet 88.0–91.0)" in summary
+    assert leads({"lifted": table["lifted"]}) == []
+
+    results["e32_s1/triplet"]["resumes"] = [{"stage": "train", "iteration": 500}]
+    written = write_sweep_report(results, "raw", "glyphs", tmp_path)
+    assert written["sweep"].stat().st_size > 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| raw pixels (untrained) | – | 70.0 | 35.0 | 17.5 |" in text
+    assert "No published numbers to compare at these sizes." in text
+    assert summary in text
+    assert "Resumed after an interruption: e32_s1/triplet (train from iteration 500)" in text
+    stored = json.loads((tmp_path / "report.json").read_text())
+    assert stored["sweep"]["lifted"]["16"]["recall@1"]["mean"] == pytest.approx(91.0)
+    assert stored["baseline"] == {"raw": pytest.approx({"recall@1": 70.0, "nmi": 35.0,
+                                                        "f1": 17.5})}
+
+
+def test_sweep_results_must_name_their_cells():
+    results = sweep_results("glyphs", {("lifted", 16): (0.9,)}, baseline="raw")
+    del results["e16_s0/lifted"]["seed"]
+    with pytest.raises(LiftedError, match="no method, embedding and seed"):
+        sweep_runs(results, "raw")
+    twice = sweep_results("glyphs", {("lifted", 16): (0.9,)}, baseline="raw")
+    twice["copy"] = dict(twice["e16_s0/lifted"])
+    with pytest.raises(LiftedError, match="lifted at 16 with seed 0 twice"):
+        sweep_runs(twice, "raw")
+    with pytest.raises(LiftedError, match="no results"):
+        sweep_runs({"raw": twice["raw"]}, "raw")

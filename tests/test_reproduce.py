@@ -7,17 +7,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fixtures import make_cub
-from liftedstruct.constants import HEADLINE_EMBEDDING
+from liftedstruct.constants import DEMO_EMBEDDINGS, EMBEDDINGS, HEADLINE_EMBEDDING, METHODS
 from liftedstruct.errors import PipelineError, WeightsError
 from liftedstruct.features import stored_key
 from liftedstruct.files import file_digest
+from liftedstruct.lmdbio import read_labels
 from liftedstruct.paths import REPO_ROOT, caffe_cpu_only
-from liftedstruct.pipeline import Pipeline, RunConfig
+from liftedstruct.pipeline import DEMO_MAX_PAIRS, Cell, Pipeline, RunConfig, sweep_sizes
 from liftedstruct.training import training_losses
 
 TOOLS = REPO_ROOT / "tools"
@@ -49,6 +51,7 @@ def reproduce(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     out = tmp_path / "digits"
     args = ["--dataset", "digits", "--out", out, "--iterations", "40", "--max-pairs", "3000"]
@@ -122,6 +125,7 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     assert "max_pairs 3000 there, 2000 now" in other.stderr, other.stderr
 
 
+@pytest.mark.slow
 def test_cub_fixture_random_googlenet_all_stages(caffe, bvlc_googlenet_deploy, tmp_path):
     raw = make_cub(tmp_path / "raw", classes=(1, 2, 3, 4, 101, 102, 103), per_class=5)
     caffe.set_random_seed(0)
@@ -196,6 +200,118 @@ def test_failed_starts_leave_nothing_behind(caffe, tmp_path):
 def test_unknown_method_or_size_is_refused(tmp_path):
     result = reproduce("--out", tmp_path / "x", "--methods", "lifted,npair")
     assert result.returncode == 2 and "unknown npair" in result.stderr
-    with pytest.raises(PipelineError, match="--embedding 100"):
-        RunConfig(dataset="cub", embedding=100)
+    with pytest.raises(PipelineError, match="--embedding 100: the nets for cub have 64"):
+        RunConfig(dataset="cub", embeddings=(64, 100))
+    for bad, message in (({"embeddings": (16, 32, 16)}, "--embedding: 16 given twice"),
+                         ({"seeds": (0, 1, 1, 0)}, "--seeds: 0 1 given twice"),
+                         ({"seeds": (0, -1)}, "--seeds -1: a seed is at least 0"),
+                         ({"seeds": ()}, "--seeds: none given"),
+                         ({"embeddings": (0,)}, "--embedding 0: must be at least 1")):
+        with pytest.raises(PipelineError, match=message):
+            RunConfig(**bad)
+    result = reproduce("--out", tmp_path / "x", "--embedding", "all", "16")
+    assert result.returncode == 2 and "'all' or sizes, not both" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_sizes_and_seeds_make_the_cells_of_a_sweep():
+    one = RunConfig()
+    assert not one.sweep and one.out == Path("runs/glyphs")
+    assert one.cells() == [Cell(64, 0, "")] and one.cells()[0].name("lifted") == "lifted"
+    # The main job's identity: its sizes and seeds written as they are in the
+    # state.json of every run folder of one size and one seed.
+    assert one.settings() == {
+        "dataset": "glyphs", "root": "None", "embedding": "64",
+        "methods": "('lifted', 'contrastive', 'triplet')", "weights": "None",
+        "iterations": "None", "seed": "0", "max_pairs": str(DEMO_MAX_PAIRS),
+        "cluster": "kmeans", "kmeans": "faiss", "image_size": "None", "crop": "None",
+        "batch": "None", "count_check": "True"}
+    sweep = RunConfig(embeddings=(128, 16, 64, 32), seeds=(2, 0, 1))
+    assert sweep.sweep and sweep.out == Path("runs/glyphs_sweep")
+    assert sweep.embeddings == DEMO_EMBEDDINGS == sweep_sizes("glyphs")
+    assert sweep.settings()["embedding"] == "16 32 64 128"
+    assert sweep.settings()["seed"] == "0 1 2"
+    cells = sweep.cells()
+    assert len(cells) == 12 and cells[0] == Cell(16, 0, "e16_s0")
+    assert cells[4] == Cell(16, 1, "e16_s1") and cells[-1] == Cell(128, 2, "e128_s2")
+    assert cells[5].name("triplet") == "e32_s1/triplet"
+    assert RunConfig(seeds=(3, 4)).cells() == [Cell(64, 3, "e64_s3"), Cell(64, 4, "e64_s4")]
+    paper = RunConfig(dataset="sop", embeddings=sweep_sizes("sop"), seeds=(0,))
+    assert paper.embeddings == EMBEDDINGS and paper.out == Path("runs/sop_sweep")
+    assert not RunConfig(dataset="cub").sweep and RunConfig(dataset="cub").embeddings == (512,)
+
+
+def prototxt_field(path: Path, field: str) -> list[str]:
+    return [line.split(":", 1)[1].strip().strip('"') for line in path.read_text().splitlines()
+            if line.strip().startswith(f"{field}:")]
+
+
+@pytest.mark.slow
+def test_digits_sweep_every_method_at_every_size_and_seed(caffe, tmp_path):
+    out = tmp_path / "sweep"
+    common = ["--dataset", "digits", "--iterations", "40", "--max-pairs", "3000"]
+    args = [*common, "--out", out, "--embedding", "16", "8", "--seeds", "0", "1"]
+    result = reproduce(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = [(size, seed) for seed in (0, 1) for size in (8, 16)]
+    names = [f"e{size}_s{seed}/{m}" for size, seed in cells for m in METHODS]
+    results = check_results(out, [*names, "raw"], "digits")
+    for size, seed in cells:
+        for method in METHODS:
+            name = f"e{size}_s{seed}/{method}"
+            assert (results[name]["method"], results[name]["embedding"],
+                    results[name]["seed"]) == (method, size, seed)
+            features = np.load(out / "features" / f"{name}.npz")["features"]
+            assert features.shape == (896, size), name
+            assert (out / "scores" / f"{name}.json").is_file()
+            assert (out / "logs" / f"train_e{size}_s{seed}_{method}.log").is_file()
+            # A seed's batches and solver, the same at every size.
+            folder = out / "train" / f"e{size}_s{seed}" / method
+            assert prototxt_field(folder / "train_val.prototxt", "source")[0] == str(
+                out / "data" / f"s{seed}" / f"train_{method}_lmdb")
+            assert prototxt_field(folder / "solver.prototxt", "random_seed") == [str(seed)]
+            assert prototxt_field(folder / "solver.prototxt", "max_iter") == ["40"]
+            assert prototxt_field(folder / "train_val.prototxt", "num_output")[-1] == str(size)
+    # The seeds' batches differ, their test sets do not; the baseline is
+    # extracted and scored once.
+    s0, s1 = out / "data" / "s0", out / "data" / "s1"
+    assert read_labels(s0 / "train_contrastive_lmdb") != read_labels(
+        s1 / "train_contrastive_lmdb")
+    assert (s0 / "test_index.tsv").read_text() == (s1 / "test_index.tsv").read_text()
+    assert [p.name for p in (out / "features").glob("**/raw.npz")] == ["raw.npz"]
+    assert results["raw"]["embedding"] is None and results["raw"]["seed"] == 0
+    report = (out / "report" / "report.md").read_text()
+    assert (out / "report" / "sweep.png").stat().st_size > 0
+    assert "| lifted | 8 |" in report and "| triplet | 16 |" in report
+    assert "| raw pixels (untrained) | – |" in report
+    assert "lifted leads beyond the spread over 2 seed(s)" in report
+
+    # A cell of the sweep is the run of that size and seed alone: the same
+    # batches, solver and numbers.
+    single = tmp_path / "single"
+    alone = reproduce(*common, "--out", single, "--embedding", "16", "--seed", "1")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    ones = json.loads((single / "results.json").read_text())
+    for method in METHODS:
+        assert np.array_equal(np.load(single / "features" / f"{method}.npz")["features"],
+                              np.load(out / "features" / "e16_s1" / f"{method}.npz")[
+                                  "features"]), method
+        for key in RECALL["digits"] + OTHER:
+            assert ones[method][key] == results[f"e16_s1/{method}"][key], (method, key)
+
+    # One cell's net cut short: it alone trains again, and the resume is named.
+    cut_short(out / "train" / "e16_s1" / "contrastive" / "snap_iter_40.caffemodel")
+    again = reproduce(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "e16_s1/contrastive: snap_iter_40.caffemodel is incomplete" in again.stdout
+    assert "e16_s1/contrastive: resuming from snap_iter_30.solverstate" in again.stdout
+    assert again.stdout.count("trained earlier") == len(names) - 1
+    results = check_results(out, [*names, "raw"], "digits")
+    assert results["e16_s1/contrastive"]["resumes"] == [{"stage": "train", "iteration": 30}]
+    assert ("Resumed after an interruption: e16_s1/contrastive (train from iteration 30)"
+            in (out / "report" / "report.md").read_text())
+
+    # Other sizes or seeds into the same folder: refused, naming what differs.
+    other = reproduce(*args[:-3], "--seeds", "0", "1", "2")
+    assert other.returncode == 2 and "seed 0 1 there, 0 1 2 now" in other.stderr
+    assert "embedding" not in other.stderr.split("settings or weights")[1]
