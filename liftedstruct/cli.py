@@ -5,12 +5,20 @@ strikes) and small argparse helpers."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from liftedstruct.constants import METHODS
 from liftedstruct.errors import LiftedError
-from liftedstruct.files import is_disk_full
+from liftedstruct.files import atomic_write_text, is_disk_full
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A tool's parser, its module docstring as the help text, line breaks kept."""
+    return argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def run(main: Callable[[], int | None]) -> int:
@@ -39,3 +47,19 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
     return value
+
+
+def check_methods(methods: tuple[str, ...], error: type[LiftedError]) -> None:
+    """--methods: at least one, each a loss this project trains."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
+                    f"choose from {', '.join(METHODS)}")
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    """A --json result, written atomically (nothing when path is None)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

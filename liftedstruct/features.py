@@ -20,7 +20,9 @@ from liftedstruct.errors import ExtractionError
 from liftedstruct.featurefile import feature_key, save_features
 from liftedstruct.files import atomic_write_text, file_digest
 from liftedstruct.images import datum_image, read_image
-from liftedstruct.lmdbio import open_lmdb, parse_datum
+from liftedstruct.lmdbio import caffe_pb2, open_lmdb, parse_datum
+from liftedstruct.paths import use_device
+from liftedstruct.weights import check_fit, net_parameters, upstream_layers
 
 CHUNK = 1024  # images per resumable part
 # A finished part; anything else in the parts folder (a temporary file of an
@@ -38,13 +40,13 @@ class Transform:
     scale: float = 1.0
 
     @classmethod
-    def from_train_val(cls, path: Path, caffe_pb2) -> Transform:
+    def from_train_val(cls, path: Path) -> Transform:
         """The TEST-phase Data layer's transform_param of a train_val net."""
-        net = caffe_pb2.NetParameter()
+        pb2 = caffe_pb2()
+        net = pb2.NetParameter()
         text_format.Merge(path.read_text(), net)
         for layer in net.layer:
-            if layer.type == "Data" and any(rule.phase == caffe_pb2.TEST
-                                            for rule in layer.include):
+            if layer.type == "Data" and any(rule.phase == pb2.TEST for rule in layer.include):
                 param = layer.transform_param
                 return cls(crop=param.crop_size, mean=tuple(param.mean_value),
                            scale=param.scale)
@@ -71,13 +73,13 @@ class LmdbSource:
     """Records of a test LMDB in key order: (id, label, image). The database
     is open only while it is read (LMDB allows one handle per process)."""
 
-    def __init__(self, path: Path, caffe_pb2):
+    def __init__(self, path: Path):
         env = open_lmdb(path, "--lmdb")
         try:
             self.count = env.stat()["entries"]
         finally:
             env.close()
-        self.path, self.caffe_pb2 = path, caffe_pb2
+        self.path = path
 
     def __len__(self) -> int:
         return self.count
@@ -87,6 +89,7 @@ class LmdbSource:
         return f"lmdb:{self.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.count}"
 
     def read(self, start: int) -> Iterator[tuple[str, int, np.ndarray]]:
+        pb2 = caffe_pb2()
         env = open_lmdb(self.path, "--lmdb")
         try:
             with env.begin() as txn:
@@ -96,7 +99,7 @@ class LmdbSource:
                     cursor.next()
                 for key, value in cursor.iternext():
                     where = f"{self.path} record {key.decode(errors='replace')}"
-                    datum = parse_datum(value, where, self.caffe_pb2)
+                    datum = parse_datum(value, where, pb2)
                     image = datum_image(datum)
                     if image is None:
                         raise ExtractionError(f"{where}: undecodable image")
@@ -181,24 +184,51 @@ def stored_key(out: Path) -> dict | None:
         return None
 
 
+def check_blobs(net, blobs: list[str]) -> None:
+    for blob in blobs:
+        if blob not in net.blobs:
+            raise ExtractionError(f"the net has no blob {blob!r} (blobs: "
+                                  f"{', '.join(net.blobs)})")
+
+
+def open_net(caffe, deploy: Path, weights: Path, blobs: list[str], gpu: int | None):
+    """The deploy net on the CPU or the given GPU with the weights copied in,
+    once they are known to hold every learnable layer that computes the
+    blobs (Caffe would silently leave the others at their random start)."""
+    use_device(caffe, gpu)
+    net = caffe.Net(str(deploy), caffe.TEST)
+    check_blobs(net, blobs)
+    needed = upstream_layers(net, blobs)
+    check_fit(weights, {k: v for k, v in net_parameters(net).items() if k in needed},
+              f"{deploy} to compute {', '.join(blobs)}")
+    net.copy_from(str(weights))
+    return net
+
+
+def extract_checked(net, deploy: Path, weights: Path, source, blobs: list[str],
+                    transform: Transform, out: Path, allow_small: bool = False,
+                    batch: int = 64) -> Path:
+    """extract() for a net from open_net: the crop checked against the images
+    (check_crop), the run keyed by the weights, net, images and transform."""
+    check_crop(source, transform, allow_small)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return extract(net, source, blobs, transform, out,
+                   run_key(weights, deploy, source, blobs, transform), batch)
+
+
 def extract(net, source, blobs: list[str], transform: Transform, out: Path,
-            key: dict | None = None, batch: int = 64) -> Path:
+            key: dict, batch: int = 64) -> Path:
     """Run the net over source in chunks kept in out.parts/ so that an
     interrupted run resumes, then write out via a temporary name, with the
     key (weights, net, images, blobs, transform) as its `run_key`. Parts left
     by a run with another key are discarded, never mixed in; an out written
     with the same key is kept as it is."""
-    for blob in blobs:
-        if blob not in net.blobs:
-            raise ExtractionError(f"the net has no blob {blob!r} (blobs: "
-                                  f"{', '.join(net.blobs)})")
+    check_blobs(net, blobs)
     total = len(source)
     if total == 0:
         raise ExtractionError("the source holds no images")
     parts = out.with_name(out.name + ".parts")
     key_file = parts / "key.json"
-    key = key if key is not None else {"source": source.identity(), "blobs": list(blobs),
-                                       "transform": asdict(transform)}
     key = json.loads(json.dumps(key))  # as stored: tuples become lists
     if stored_key(out) == key:
         print(f"{out}: extracted earlier with the same weights, net, images and settings",

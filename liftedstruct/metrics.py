@@ -20,6 +20,10 @@ from liftedstruct.errors import ScoringError
 from liftedstruct.featurefile import check_features
 
 KMEANS_BACKENDS = ("faiss", "sklearn")
+# The clusterings NMI and F1 are scored on: k-means (later literature) or
+# affinity propagation (the paper's).
+KMEANS, AP = "kmeans", "ap"
+CLUSTERINGS = (KMEANS, AP)
 
 
 SEARCH_BLOCK = 4096  # query rows per faiss search: bounds the N x K temporaries
@@ -280,7 +284,7 @@ class Scores:
 
 
 def score(features: np.ndarray, labels: np.ndarray, ks: Sequence[int],
-          cluster: str = "kmeans", seed: int = 0, source: str = "input",
+          cluster: str = KMEANS, seed: int = 0, source: str = "input",
           kmeans: str = "faiss") -> Scores:
     """Every score of the paper (and MAP@R) for one embedding, from features
     centred and scaled first (check_features), so that a common shift or
@@ -304,14 +308,14 @@ def score(features: np.ndarray, labels: np.ndarray, ks: Sequence[int],
     neighbors = nearest_neighbors(features, max(ks[-1], max_r))
     recall = recall_at_k(neighbors[:, : ks[-1]], labels, ks)
     map_r, r_prec = map_at_r(features, labels, neighbors)
-    if cluster == "kmeans":
+    if cluster == KMEANS:
         assignment = kmeans_clusters(features, len(classes), seed, kmeans)
-        clustering = f"kmeans-{kmeans}"
-    elif cluster == "ap":
+        clustering = f"{KMEANS}-{kmeans}"
+    elif cluster == AP:
         assignment = affinity_propagation_clusters(features, len(classes), seed)
-        clustering = "ap"
+        clustering = AP
     else:
-        raise ScoringError(f"unknown clustering {cluster!r} (kmeans or ap)")
+        raise ScoringError(f"unknown clustering {cluster!r} ({' or '.join(CLUSTERINGS)})")
     return Scores(recall=recall, nmi=nmi(assignment, labels),
                   f1=pairwise_f1(assignment, labels)["f1"], map_at_r=map_r,
                   r_precision=r_prec, clustering=clustering, n=len(labels),

@@ -56,6 +56,15 @@ def caffe_cpu_only() -> bool | None:
     return None if found is None else found.group(1).upper() in ("ON", "TRUE", "1")
 
 
+def use_device(caffe, gpu: int | None) -> None:
+    """pycaffe on the CPU (gpu None) or on that GPU (checked by check_gpu)."""
+    if gpu is None:
+        caffe.set_mode_cpu()
+    else:
+        caffe.set_device(gpu)
+        caffe.set_mode_gpu()
+
+
 def check_gpu(gpu: int | None, option: str = "--gpu") -> None:
     """Refuse a GPU the install cannot use, before any work: a negative id, a
     CPU-only build, or (on a CUDA build) a device `caffe device_query` fails on."""

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from liftedstruct import metrics
+from liftedstruct.cli import check_methods
 from liftedstruct.constants import (
     BATCH,
     DEMO_DATASETS,
@@ -50,7 +51,7 @@ from liftedstruct.datasets.glyphs import compare_fonts
 from liftedstruct.datasets.prepare import PrepareOptions, prepare
 from liftedstruct.errors import PipelineError
 from liftedstruct.featurefile import load_features, save_features
-from liftedstruct.features import LmdbSource, Transform, check_crop, extract, run_key
+from liftedstruct.features import LmdbSource, Transform, extract_checked, open_net
 from liftedstruct.files import atomic_write_text, check_writable, file_digest, locked_folder
 from liftedstruct.nets.derive import RunNet
 from liftedstruct.nets.template import deploy
@@ -58,9 +59,16 @@ from liftedstruct.paths import check_gpu, import_caffe
 from liftedstruct.report import write_report, write_sweep_report
 from liftedstruct.training import caffe_train, snapshot_problem
 from liftedstruct.weights import DEFAULT_PATH as GOOGLENET_WEIGHTS
-from liftedstruct.weights import check_fit, net_parameters, upstream_layers
+from liftedstruct.weights import check_fit, net_parameters
 
-STAGES = ("prepare", "train", "extract", "score", "report")
+# The stages in order, each a Pipeline method that returns whether it did
+# work (a stage that did work makes every later one run again). A stage
+# recorded as done is skipped while its output is all there, except
+# training, which is entered on every run: it keeps each net whose final
+# snapshot is complete and returns whether it trained any.
+STAGES = {"prepare": "prepare", "train": "train_all", "extract": "extract_all",
+          "score": "score_all", "report": "report"}
+SELF_CHECKING = ("train",)
 # The demo trains on at most this many pairs (all pairs would be ~10^5-10^6).
 DEMO_MAX_PAIRS = 30000
 TRUNK_TOP = "pool5/7x7_s1"
@@ -98,7 +106,7 @@ class RunConfig:
     iterations: int | None = None
     seeds: tuple[int, ...] = (0,)
     max_pairs: int | None = None
-    cluster: str = "kmeans"
+    cluster: str = metrics.KMEANS
     kmeans: str = "faiss"
     # Reduced input for quick checks on fixtures (the committed nets use 256/227).
     image_size: int | None = None
@@ -109,10 +117,7 @@ class RunConfig:
     def __post_init__(self):
         if self.dataset not in SOURCES:
             raise PipelineError(f"--dataset {self.dataset}: one of {', '.join(SOURCES)}")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise PipelineError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
-                                f"choose from {', '.join(METHODS)}")
+        check_methods(self.methods, PipelineError)
         demo = self.dataset in DEMO_DATASETS
         self.embeddings = tuple(sorted(self.embeddings)) or (
             DEMO_EMBEDDING if demo else HEADLINE_EMBEDDING[self.dataset],)
@@ -143,8 +148,9 @@ class RunConfig:
         if self.batch is not None and self.batch % 6:
             raise PipelineError(f"--batch {self.batch}: must divide by 2 (pairs) and 3 "
                                 "(triplets)")
-        if self.cluster not in ("kmeans", "ap"):
-            raise PipelineError(f"--cluster {self.cluster}: kmeans or ap")
+        if self.cluster not in metrics.CLUSTERINGS:
+            raise PipelineError(f"--cluster {self.cluster}: "
+                                f"{' or '.join(metrics.CLUSTERINGS)}")
         if self.kmeans not in metrics.KMEANS_BACKENDS:
             raise PipelineError(f"--kmeans {self.kmeans}: one of "
                                 f"{', '.join(metrics.KMEANS_BACKENDS)}")
@@ -186,6 +192,7 @@ class Pipeline:
         self.caffe = import_caffe()
         check_gpu(config.gpu)
         self.state: dict = {}
+        self.results: dict = {}  # results.json once scored
         self._params: dict[int, dict[str, list[int]]] = {}
         self.weights = self._weights()
         self.key = self._key()
@@ -281,42 +288,33 @@ class Pipeline:
             state.setdefault("resumes", {})
             (self.out / "logs").mkdir(exist_ok=True)
             self._save_state(state)
-            results = {}
+            self.results = {}
             redo = False  # an earlier stage did work: every later one runs again
-            for stage in STAGES:
+            for stage, method in STAGES.items():
                 label = f"[{stage}]"
-                if stage in state["done"] and stage != "train" and not redo:
+                if stage in state["done"] and stage not in SELF_CHECKING and not redo:
                     found = self._finished(stage)
                     if found is not None:
                         print(f"{label} done earlier, skipped", flush=True)
-                        results = found if stage == "score" else results
+                        if stage == "score":
+                            self.results = found
                         continue
                     print(f"{label} done earlier, but its output is missing", flush=True)
                 print(f"{label} ...", flush=True)
                 started = time.monotonic()
-                redo = redo or stage != "train"
-                if stage == "prepare":
-                    self.prepare()
-                elif stage == "train":
-                    redo = self.train_all() or redo
-                elif stage == "extract":
-                    self.extract_all()
-                elif stage == "score":
-                    results = self.score_all()
-                else:
-                    self.report(results)
+                redo = getattr(self, method)() or redo
                 print(f"{label} done in {time.monotonic() - started:.0f} s", flush=True)
                 if stage not in state["done"]:
                     state["done"].append(stage)
                     self._save_state(state)
-        return results
+        return self.results
 
     # ------------------------------------------------------------ prepare
     def data_dir(self, seed: int) -> Path:
         """The LMDBs of one seed's batches (and the test set)."""
         return self.out / "data" / (f"s{seed}" if self.config.sweep else "")
 
-    def prepare(self) -> None:
+    def prepare(self) -> bool:
         config = self.config
         for seed in config.seeds:
             options = PrepareOptions(
@@ -331,6 +329,7 @@ class Pipeline:
         note = self.data_note(manifest)
         if note:
             print(f"  note: {note}", flush=True)
+        return True
 
     def data_note(self, manifest: dict) -> str:
         """For glyphs: whether this machine's fonts are those of the README's
@@ -409,29 +408,13 @@ class Pipeline:
         deploy_path = net.paths()["deploy"]
         if not deploy_path.exists():
             net.write()
-        if self.config.gpu is None:
-            self.caffe.set_mode_cpu()
-        else:
-            self.caffe.set_device(self.config.gpu)
-            self.caffe.set_mode_gpu()
-        model = self.caffe.Net(str(deploy_path), self.caffe.TEST)
-        needed = {name: sizes for name, sizes in net_parameters(model).items()
-                  if name in upstream_layers(model, [blob])}
-        check_fit(weights, needed, f"extracting {blob}")
-        model.copy_from(str(weights))
-        source = LmdbSource(self.data_dir(cell.seed) / "test_lmdb", self.pb2())
-        transform = self.transform(method, cell)
-        check_crop(source, transform, allow_small=self.config.crop is not None)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        extract(model, source, [blob], transform, out,
-                run_key(weights, deploy_path, source, [blob], transform))
+        model = open_net(self.caffe, deploy_path, weights, [blob], self.config.gpu)
+        source = LmdbSource(self.data_dir(cell.seed) / "test_lmdb")
+        extract_checked(model, deploy_path, weights, source, [blob],
+                        self.transform(method, cell), out,
+                        allow_small=self.config.crop is not None)
 
-    def pb2(self):
-        from caffe.proto import caffe_pb2
-
-        return caffe_pb2
-
-    def extract_all(self) -> None:
+    def extract_all(self) -> bool:
         """Each method's embedding at each cell from its final snapshot (kept
         when it was extracted earlier from the same snapshot, net and images),
         and the baseline's features, once."""
@@ -447,6 +430,7 @@ class Pipeline:
         else:
             self._extract(self.config.methods[0], self.cells[0], self.weights, TRUNK_TOP,
                           self.features_path(baseline))
+        return True
 
     def baseline_name(self) -> str:
         """Untrained features: the preprocessed pixels for the from-scratch
@@ -457,7 +441,7 @@ class Pipeline:
         from liftedstruct.features import preprocess
 
         cell = self.cells[0]
-        source = LmdbSource(self.data_dir(cell.seed) / "test_lmdb", self.pb2())
+        source = LmdbSource(self.data_dir(cell.seed) / "test_lmdb")
         transform = self.transform(self.config.methods[0], cell)
         ids, labels, rows = [], [], []
         for key, label, image in source.read(0):
@@ -481,7 +465,7 @@ class Pipeline:
     def names(self) -> list[str]:
         return list(self.entries())
 
-    def score_all(self) -> dict:
+    def score_all(self) -> bool:
         (self.out / "scores").mkdir(exist_ok=True)
         results = {}
         for name, (method, size, seed) in tqdm(self.entries().items(), desc="score",
@@ -499,9 +483,11 @@ class Pipeline:
             atomic_write_text(target, json.dumps(scores, indent=2) + "\n")
             results[name] = scores
         atomic_write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
-        return results
+        self.results = results
+        return True
 
-    def report(self, results: dict) -> None:
+    def report(self) -> bool:
+        results = self.results
         config, cell = self.config, self.cells[0]
         manifest = json.loads((self.data_dir(cell.seed) / "manifest.json").read_text())
         note = self.data_note(manifest)
@@ -517,4 +503,5 @@ class Pipeline:
         print((self.out / "report" / "report.md").read_text())
         for path in written.values():
             print(f"  {path}")
+        return True
 

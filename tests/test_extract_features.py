@@ -102,10 +102,8 @@ def interrupted(source, after: int):
 def test_resume_only_with_the_same_weights(caffe, tiny_cub, tiny_net, tmp_path,
                                            monkeypatch):
     deploy, weights = tiny_net
-    from caffe.proto import caffe_pb2
-
     monkeypatch.setattr(features, "CHUNK", 4)
-    source = features.LmdbSource(tiny_cub / "test_lmdb", caffe_pb2)
+    source = features.LmdbSource(tiny_cub / "test_lmdb")
     transform = features.Transform(crop=64)
 
     def run(weights_path, out, src=source):
@@ -238,10 +236,8 @@ def test_a_kill_while_a_part_is_saved_does_not_block_the_resume(caffe, tiny_cub,
     """A kill while np.savez writes a part leaves its temporary file, cut
     short, beside the finished parts; the rerun resumes past it."""
     deploy, weights = tiny_net
-    from caffe.proto import caffe_pb2
-
     monkeypatch.setattr(features, "CHUNK", 4)
-    source = features.LmdbSource(tiny_cub / "test_lmdb", caffe_pb2)
+    source = features.LmdbSource(tiny_cub / "test_lmdb")
     transform = features.Transform(crop=64)
     key = features.run_key(weights, deploy, source, ["fc_embedding"], transform)
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,9 @@ from sklearn.datasets import make_blobs
 
 from liftedstruct import metrics
 from liftedstruct.errors import ScoringError
+from liftedstruct.paths import REPO_ROOT
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
+TOOLS = REPO_ROOT / "tools"
 
 
 def test_recall_hand_computed():

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from liftedstruct.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 
 
 def test_ruff_clean():

@@ -48,6 +48,7 @@ def cut(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(data[:int(len(data) * keep)])
 
 
+@pytest.mark.slow
 def test_cut_snapshots_are_never_resumed_from(caffe, tmp_path, capsys):
     final = train(tmp_path)
     assert snapshot_problem(final, PARAMS) is None
@@ -79,6 +80,7 @@ def test_cut_snapshots_are_never_resumed_from(caffe, tmp_path, capsys):
     assert not (tmp_path / "snap_iter_30.caffemodel").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_named(caffe, tmp_path, monkeypatch):
     # The progress reader's log on a full disk (/dev/full answers every
     # write with ENOSPC): Caffe is stopped, the error names the disk.

@@ -20,7 +20,6 @@ Products."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -146,8 +145,7 @@ def machine() -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--threads", type=thread_list, default=default_threads(),
                         help="comma-separated thread counts, 1 (stock) among them "
                              "(default: 1, powers of two up to the cores, the cores)")
@@ -237,9 +235,7 @@ def main() -> int:
             name = "stock (1)" if threads == "1" else f"{threads} threads"
             print(f"  {name:<11} {row['images_per_s']:8.0f} images/s (best "
                   f"{row['best_images_per_s']:.0f})  {row['speedup_over_stock']:.2f}x")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    cli.write_json(args.json, summary)
     return 0
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 import numpy as np
 
+from liftedstruct import cli
+
 PARTS = ("gemm", "knn", "faiss", "kmeans")
 
 
@@ -75,7 +77,7 @@ def run_part(part: str, n: int, dim: int, classes: int, ks: list[int]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.parser(__doc__)
     parser.add_argument("--n", type=int, default=60502)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--classes", type=int, default=11316)
@@ -122,10 +124,9 @@ def main() -> int:
     if "knn" in results and "gemm_floor_seconds" in summary:
         summary["knn_over_floor"] = results["knn"]["seconds"] / summary["gemm_floor_seconds"]
         print(f"nearest_neighbors / gemm floor: {summary['knn_over_floor']:.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    cli.write_json(args.json, summary)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

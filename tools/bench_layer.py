@@ -15,7 +15,6 @@ e.g. the layer before the near-duplicate handling."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -122,8 +121,7 @@ def child(kind: str, args) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--pairs", type=cli.positive_int, default=64)
     parser.add_argument("--dim", type=cli.positive_int, default=512)
     parser.add_argument("--repeats", type=cli.positive_int, default=200)
@@ -151,9 +149,7 @@ def main() -> int:
               f"entry, loss by {r['loss_error']:.1e}"
               + (f"; {r['instructions'] / 1e6:.2f} M instructions" if "instructions" in r
                  else ""))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    cli.write_json(args.json, summary)
     return 0
 
 

@@ -5,8 +5,6 @@ on the same generated JPEGs with the same 256x256 resize, in the same run."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
+from liftedstruct import cli
 from liftedstruct.datasets import Item
 from liftedstruct.images import ImageFormat, process_images, write_synthetic_jpegs
 from liftedstruct.lmdbio import make_datum, write_lmdb
@@ -46,7 +45,7 @@ def convert_imageset(folder: Path, names: list[str], out: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.parser(__doc__)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--height", type=int, default=375)
@@ -69,10 +68,9 @@ def main() -> int:
     print(f"convert_imageset: {result['convert_imageset_images_per_s']:.0f} images/s")
     print(f"ours ({args.workers} workers): {result['ours_images_per_s']:.0f} images/s")
     print(f"speedup: {result['speedup']:.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    cli.write_json(args.json, result)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -8,7 +8,6 @@ report's cost, not a result."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import resource
@@ -61,8 +60,7 @@ def make_lmdb(path: Path, labels: np.ndarray, side: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--n", type=cli.positive_int, default=60502)
     parser.add_argument("--dim", type=cli.positive_int, default=512)
     parser.add_argument("--classes", type=cli.positive_int, default=11316)
@@ -98,8 +96,7 @@ def main() -> int:
     print(f"report at N = {args.n}, D = {args.dim}, {args.classes} classes, "
           f"{len(SCORED)} methods: {seconds:.1f} s, peak RSS {peak / 1e9:.2f} GB; "
           f"{len(figures)} figures")
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    cli.write_json(args.json, summary)
     return 0
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from liftedstruct.build.cmake import BuildOptions, build
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.parser(__doc__)
     parser.add_argument("--caffe-src", type=Path,
                         help="a BVLC tarball or checkout at the pinned commit "
                              "instead of the Debian source package")

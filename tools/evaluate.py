@@ -7,8 +7,6 @@ for the default k-means)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,8 +15,8 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from liftedstruct import cli
 from liftedstruct.constants import RECALL_K
 from liftedstruct.featurefile import load_features
-from liftedstruct.files import atomic_write_text, check_not_input, check_writable
-from liftedstruct.metrics import KMEANS_BACKENDS, score
+from liftedstruct.files import check_not_input, check_writable
+from liftedstruct.metrics import CLUSTERINGS, KMEANS, KMEANS_BACKENDS, score
 
 
 def print_table(scores: dict, source: str) -> None:
@@ -33,13 +31,12 @@ def print_table(scores: dict, source: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("features", type=Path, help=".npz with features and labels")
     parser.add_argument("--k", type=cli.positive_int, nargs="+", help="Recall@K values")
     parser.add_argument("--dataset", choices=sorted(RECALL_K), default="cub",
                         help="picks the default K list (default: cub)")
-    parser.add_argument("--cluster", choices=["kmeans", "ap"], default="kmeans",
+    parser.add_argument("--cluster", choices=CLUSTERINGS, default=KMEANS,
                         help="kmeans (later literature) or ap (the paper's "
                              "affinity propagation)")
     parser.add_argument("--kmeans", choices=KMEANS_BACKENDS, default="faiss",
@@ -56,9 +53,7 @@ def main() -> int:
                    cluster=args.cluster, seed=args.seed, source=str(args.features),
                    kmeans=args.kmeans).to_json()
     print_table(result, str(args.features))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    cli.write_json(args.json, result)
     return 0
 
 

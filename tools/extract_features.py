@@ -10,7 +10,6 @@ discarded, never mixed in."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,18 +22,15 @@ from liftedstruct.features import (
     ImageListSource,
     LmdbSource,
     Transform,
-    check_crop,
-    extract,
-    run_key,
+    extract_checked,
+    open_net,
 )
 from liftedstruct.files import check_not_input, check_writable
 from liftedstruct.paths import check_gpu, import_caffe
-from liftedstruct.weights import check_fit, net_parameters, upstream_layers
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--deploy", type=Path, required=True, help="deploy prototxt")
     parser.add_argument("--weights", type=Path, required=True, help=".caffemodel")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -65,32 +61,17 @@ def main() -> int:
                                         "--images": args.images})
     caffe = import_caffe()
     check_gpu(args.gpu)
-    if args.gpu is None:
-        caffe.set_mode_cpu()
-    else:
-        caffe.set_device(args.gpu)
-        caffe.set_mode_gpu()
-    from caffe.proto import caffe_pb2
-
-    net = caffe.Net(str(args.deploy), caffe.TEST)
-    for blob in args.blobs:
-        if blob not in net.blobs:
-            raise ExtractionError(f"the net has no blob {blob!r} (blobs: "
-                                  f"{', '.join(net.blobs)})")
-    needed = upstream_layers(net, args.blobs)
-    check_fit(args.weights, {k: v for k, v in net_parameters(net).items() if k in needed},
-              f"{args.deploy} to compute {', '.join(args.blobs)}")
-    net.copy_from(str(args.weights))
+    net = open_net(caffe, args.deploy, args.weights, args.blobs, args.gpu)
     if args.train_val:
-        transform = Transform.from_train_val(args.train_val, caffe_pb2)
+        transform = Transform.from_train_val(args.train_val)
     else:
         crop = args.crop or net.blobs[net.inputs[0]].data.shape[-1]
         transform = Transform(crop=crop, mean=tuple(args.mean), scale=args.scale)
-    data = (LmdbSource(args.lmdb, caffe_pb2) if args.lmdb else
+    data = (LmdbSource(args.lmdb) if args.lmdb else
             ImageListSource(args.images, args.image_root, args.resize))
-    check_crop(data, transform, allow_small=args.crop is not None or bool(args.train_val))
-    out = extract(net, data, args.blobs, transform, args.out,
-                  run_key(args.weights, args.deploy, data, args.blobs, transform), args.batch)
+    out = extract_checked(net, args.deploy, args.weights, data, args.blobs, transform,
+                          args.out, allow_small=args.crop is not None or bool(args.train_val),
+                          batch=args.batch)
     print(f"{out}: {len(data)} images, blobs {', '.join(args.blobs)}")
     return 0
 

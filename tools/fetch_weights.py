@@ -4,7 +4,6 @@ data/weights/, resumable and SHA1-checked, or take a copy you already have."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from liftedstruct.weights import DEFAULT_PATH, download, install_from
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.parser(__doc__)
     parser.add_argument("--from", dest="source", type=Path,
                         help="a bvlc_googlenet.caffemodel you already have")
     parser.add_argument("--out", type=Path, default=DEFAULT_PATH)

@@ -11,7 +11,6 @@ first (its Python environment makes the kit's data fixture).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,8 +21,7 @@ from liftedstruct.kit import make_kit
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder for the archive")
     parser.add_argument("--from-prefix", type=Path,
                         help="package this Caffe install (e.g. build/caffe) instead of "

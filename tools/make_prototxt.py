@@ -13,7 +13,6 @@ with `caffe time` (threads from CAFFE_DATA_THREADS, or the cores).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -30,8 +29,7 @@ COMMITTED = REPO_ROOT / "prototxt"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--check", action="store_true",
                         help="compare prototxt/ with the template instead of writing")
     parser.add_argument("--dataset", choices=PAPER_DATASETS)

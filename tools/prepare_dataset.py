@@ -14,7 +14,6 @@ written).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -28,8 +27,7 @@ from liftedstruct.datasets.prepare import PrepareOptions, prepare
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument("--root", type=Path,
                         help="the download: CUB_200_2011.tgz or its folder; the folder "

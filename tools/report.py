@@ -5,7 +5,6 @@ images the figures draw."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ def pairs(values: list[str], what: str) -> dict[str, Path]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.parser(__doc__)
     parser.add_argument("--dataset", required=True, choices=DATASETS,
                         help="picks the published numbers to compare with")
     parser.add_argument("--embedding", type=cli.positive_int, required=True)

@@ -28,7 +28,7 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from liftedstruct import cli
 from liftedstruct.constants import METHODS
 from liftedstruct.datasets import DATASETS
-from liftedstruct.metrics import KMEANS_BACKENDS
+from liftedstruct.metrics import CLUSTERINGS, KMEANS, KMEANS_BACKENDS
 from liftedstruct.pipeline import Pipeline, RunConfig, sweep_sizes
 
 
@@ -37,8 +37,7 @@ def size_or_all(text: str) -> int | str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--dataset", choices=DATASETS, default="glyphs")
     parser.add_argument("--root", type=Path, help="the downloaded dataset (cub, cars196, sop)")
     parser.add_argument("--out", type=Path, default=None,
@@ -56,7 +55,7 @@ def main() -> int:
                         metavar="SEED", help="seeds of the batches and solver (default: 0)")
     parser.add_argument("--max-pairs", type=int,
                         help="cap the training pairs (demo default: 30000)")
-    parser.add_argument("--cluster", choices=["kmeans", "ap"], default="kmeans")
+    parser.add_argument("--cluster", choices=CLUSTERINGS, default=KMEANS)
     parser.add_argument("--kmeans", choices=KMEANS_BACKENDS, default="faiss")
     parser.add_argument("--image-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--crop", type=int, help=argparse.SUPPRESS)

@@ -5,7 +5,6 @@ on any failure or if none of the lifted layer's ran."""
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from liftedstruct.paths import caffe_binary, caffe_root
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.parser(__doc__)
     parser.add_argument("--filter", help="gtest filter (default: this project's set for "
                                          "the installed build)")
     args = parser.parse_args()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from liftedstruct import __version__
+from liftedstruct.cli import check_methods
 from liftedstruct.constants import BATCH, METHODS
 from liftedstruct.datasets import layouts
 from liftedstruct.datasets.base import Dataset, DatasetSource, Item
@@ -44,10 +45,7 @@ class PrepareOptions:
             raise DatasetError(f"--size {self.size}: the image side must be at least 1")
         if self.encoding not in ENCODINGS:
             raise DatasetError(f"encoding {self.encoding!r}: one of {', '.join(ENCODINGS)}")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise DatasetError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
-                               f"choose from {', '.join(METHODS)}")
+        check_methods(self.methods, DatasetError)
         for method in self.methods:
             batch = self.batch_size.get(method, 0)
             option = "--triplet-batch-size" if method == "triplet" else "--batch-size"

@@ -13,10 +13,8 @@ from liftedstruct.nets.template import (
     SolverConfig,
     demo_config,
     demo_solver,
-    deploy,
+    net_texts,
     paper_config,
-    solver,
-    train_val,
 )
 
 
@@ -69,9 +67,7 @@ class RunNet:
 
     def write(self) -> dict[str, Path]:
         """Write train_val, deploy and solver (only where the text changed)."""
-        config = self.net_config()
-        texts = {"train_val": train_val(config), "deploy": deploy(config),
-                 "solver": solver(self.solver_config())}
+        texts = net_texts(self.net_config(), self.solver_config())
         self.folder.mkdir(parents=True, exist_ok=True)
         paths = self.paths()
         for name, text in texts.items():

@@ -338,6 +338,12 @@ def solver(config: SolverConfig) -> str:
     return HEADER + "\n".join(lines) + "\n"
 
 
+def net_texts(config: NetConfig, solver_config: SolverConfig) -> dict[str, str]:
+    """One net's three files: {"train_val", "deploy", "solver": prototxt text}."""
+    return {"train_val": train_val(config), "deploy": deploy(config),
+            "solver": solver(solver_config)}
+
+
 def demo_solver(net: str, snapshot_prefix: str) -> SolverConfig:
     """The demo's schedule (glyphs, digits): the small net from scratch, the same
     learning rate, iterations and seed for every method."""

@@ -14,6 +14,7 @@ from liftedstruct.nets.template import (
     demo_config,
     demo_solver,
     deploy,
+    net_texts,
     paper_config,
     solver,
     train_val,
@@ -39,12 +40,9 @@ def net_files(dataset: str, method: str, embedding: int, folder: str) -> dict[st
     solver names the net as folder/train_val.prototxt."""
     check_choice(dataset, method, embedding)
     config = paper_config(dataset, method, embedding)
-    return {
-        "train_val.prototxt": train_val(config),
-        "solver.prototxt": solver(SolverConfig(net=f"{folder}/train_val.prototxt",
-                                               snapshot_prefix=snapshot_prefix(config))),
-        "deploy.prototxt": deploy(config),
-    }
+    texts = net_texts(config, SolverConfig(net=f"{folder}/train_val.prototxt",
+                                           snapshot_prefix=snapshot_prefix(config)))
+    return {f"{name}.prototxt": text for name, text in texts.items()}
 
 
 def committed_files() -> dict[str, str]:

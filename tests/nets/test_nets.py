@@ -160,6 +160,7 @@ def test_finetuning_copies_every_googlenet_layer(caffe, bvlc_googlenet_deploy, t
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.slow
 def test_caffe_train_each_method_reduced(caffe, tiny_cub, bvlc_googlenet_deploy, tmp_path,
                                          method):
     """A run's derived nets (crop 64, batch 12) train and snapshot."""
@@ -176,6 +177,7 @@ def test_caffe_train_each_method_reduced(caffe, tiny_cub, bvlc_googlenet_deploy,
     assert net.final_snapshot.exists()
 
 
+@pytest.mark.slow
 def test_readme_training_command_in_a_fresh_clone(caffe, bvlc_googlenet_deploy, tmp_path):
     """`caffe train -solver prototxt/solver_cub.prototxt` as the README says,
     from a checkout without snapshots/, with the caffe that setup links into

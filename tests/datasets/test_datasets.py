@@ -23,8 +23,9 @@ from liftedstruct.files import file_digest, locked_folder
 from liftedstruct.images import datum_image
 from liftedstruct.lmdbio import read_datums
 from liftedstruct.lmdbio import read_labels as read_lmdb_labels
+from liftedstruct.paths import REPO_ROOT
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
+TOOLS = REPO_ROOT / "tools"
 SMALL = {"lifted": 8, "contrastive": 8, "triplet": 6}
 
 

@@ -8,6 +8,7 @@ import subprocess
 
 import lmdb
 import numpy as np
+import pytest
 
 from liftedstruct.paths import caffe_binary
 from liftedstruct.training import LOSS_LINE
@@ -26,6 +27,7 @@ def training_losses(log: str) -> list[float]:
     return [float(v) for _, v in LOSS_LINE.findall(log)]
 
 
+@pytest.mark.slow
 def test_lifted_net_trains_and_loss_decreases(caffe, tmp_path):
     rng = np.random.default_rng(0)
     classes, per_class, dim = 8, 4, 16
