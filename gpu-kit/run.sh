@@ -42,7 +42,9 @@ mkdir -p "$LOGS" "$WORK/figures"
 # shellcheck disable=SC2317  # called by the trap
 cleanup() { [ -n "${KIT_KEEP_WORK:-}" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
-export KIT_MODE WORK LOGS GLOG_logtostderr=1
+# The steps read Caffe's INFO lines (losses, timings, cuDNN): whatever the
+# caller's glog settings, Caffe logs everything to the step's log.
+export KIT_MODE WORK LOGS GLOG_logtostderr=1 GLOG_minloglevel=0
 
 # A JSON string of its argument.
 json_str() {

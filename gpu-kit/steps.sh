@@ -137,7 +137,7 @@ step_train() {
   local list first last count
   list=$(losses "$log")
   count=$(echo "$list" | grep -c .)
-  fig losses "[$(echo "$list" | awk '{ printf "%s[%s, %s]", sep, $1, ($2 ~ /^[-+.0-9eE]+$/ ? $2 : "\"" $2 "\""); sep = ", " }')]"
+  fig losses "[$(echo "$list" | awk 'NF { printf "%s[%s, %s]", sep, $1, ($2 ~ /^[-+.0-9eE]+$/ ? $2 : "\"" $2 "\""); sep = ", " }')]"
   ((count >= 3)) || fail "fewer than 3 losses in the log"
   echo "$list" | awk '$2 !~ /^[-+]?[0-9.]+([eE][-+]?[0-9]+)?$/ { exit 1 }' || fail "a loss is not finite"
   first=$(echo "$list" | head -1 | awk '{ print $2 }')

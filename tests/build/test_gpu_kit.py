@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -99,7 +100,9 @@ def test_kit_nets_are_the_committed_ones(kit):
 @pytest.fixture(scope="module")
 def cpu_check(kit, tmp_path_factory):
     out = tmp_path_factory.mktemp("check")
-    result = run_check(kit, "--cpu", str(out))
+    # A caller that quiets Caffe (as pycaffe users do) must not blind the
+    # steps that read Caffe's log.
+    result = run_check(kit, "--cpu", str(out), env={**os.environ, "GLOG_minloglevel": "2"})
     return result, out
 
 
@@ -170,6 +173,26 @@ def test_check_records_skipped_and_failed_steps(kit, tmp_path):
     assert steps["features"]["status"] == "failed"
     assert "no trained snapshot" in steps["features"]["reason"]
     assert steps["train"]["status"] == "skipped"
+
+
+def test_train_without_losses_is_a_failure_in_valid_json(kit, tmp_path):
+    """A training run whose log shows no loss (the solver displays none) is
+    a failed step with its reason, and the report stays valid JSON."""
+    copy = tmp_path / "gpu-kit"
+    copy.mkdir()
+    for entry in kit.iterdir():
+        if entry.name != "nets":
+            (copy / entry.name).symlink_to(entry)
+    shutil.copytree(kit / "nets", copy / "nets")
+    solver = copy / "nets" / "cpu" / "solver.prototxt"
+    text = re.sub(r"(?m)^display: .*$", "display: 0", solver.read_text())
+    solver.write_text(re.sub(r"(?m)^(max_iter|snapshot): .*$", r"\1: 2", text))
+    result = run_check(copy, "--cpu", str(tmp_path / "out"),
+                       env=dict(os.environ, KIT_STEPS="train"))
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    train = {step["name"]: step for step in report["steps"]}["train"]
+    assert result.returncode == 1 and train["status"] == "failed"
+    assert train["losses"] == [] and "fewer than 3 losses" in train["reason"]
 
 
 def write_features(path: Path, rows: np.ndarray) -> None:
