@@ -12,6 +12,7 @@ from cuda_compile import check_cuda_compile
 from liftedstruct.build.source import LAYERS_DIR
 
 
+@pytest.mark.slow
 def test_layers_compile_with_nvcc():
     have_nvcc = shutil.which("nvcc") or Path(
         os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists()

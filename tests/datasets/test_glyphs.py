@@ -149,6 +149,7 @@ def test_compare_fonts_names_what_differs():
     assert "packages: fonts-dejavu-extra)" in note and "1 not in it (e.g. Mine.ttf)" in note
 
 
+@pytest.mark.slow
 def test_short_glyphs_run_says_its_fonts_differ(caffe, fonts, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
