@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -122,3 +123,20 @@ def read_datums(path: Path, keys: Iterable[str] | None = None) -> Iterator:
 def read_labels(path: Path) -> list[int]:
     """Labels of every record in key order (for checks and tools)."""
     return [datum.label for _, datum in read_datums(path)]
+
+
+def fingerprint(path: Path) -> int:
+    """The training LMDB's fingerprint of docs/BATCHES.md, which a snapshot's
+    .solverstate records: h = mix(n) for n records, then h = mix(h ^ crc32)
+    of each serialized value in key order (zlib's CRC-32)."""
+    from liftedstruct.datasets.layouts import mix
+
+    env = open_lmdb(path, "training LMDB")
+    try:
+        with env.begin() as txn:
+            h = mix(txn.stat()["entries"])
+            for value in txn.cursor().iternext(keys=False, values=True):
+                h = mix(h ^ zlib.crc32(value))
+    finally:
+        env.close()
+    return h

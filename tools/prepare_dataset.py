@@ -2,9 +2,16 @@
 """Turn a downloaded dataset into the LMDBs the prototxts read.
 
 Writes OUT/test_lmdb (one record per test image, in the dataset's order),
-OUT/test_index.tsv (key, label, original path), OUT/train_{lifted,contrastive,
-triplet}_lmdb in the paper's pair- or triplet-structured batch order, and
-OUT/manifest.json. Finished parts are skipped when rerun with the same inputs
+OUT/test_index.tsv (key, label, original path), the training set and
+OUT/manifest.json. The training set (docs/BATCHES.md): with --layout unique
+(the default) OUT/train_lmdb and OUT/train_index.tsv, each training image once
+in the test LMDB's format, from which Caffe's MetricBatchData layer forms the
+batches of every loss; with --layout ordered OUT/train_{lifted,contrastive,
+triplet}_lmdb, whose record order is the paper's pair- or triplet-structured
+batches, for Caffe's Data layer (--seed, --batch-size, --triplet-batch-size
+and --max-pairs shape those; with unique they only check that the batches
+can be formed, and the nets' metric_batch_param and solver seed shape them).
+Finished parts are skipped when rerun with the same inputs
 (the same list files, images, and options); a second run into the same OUT at
 the same time is refused. A downloaded archive is extracted into OUT/raw-<dataset>/
 and kept there, keyed on its content: a rerun with the same archive does not
@@ -23,7 +30,7 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from liftedstruct import cli
 from liftedstruct.constants import BATCH, METHODS
 from liftedstruct.datasets import DATASETS, get_source
-from liftedstruct.datasets.prepare import PrepareOptions, prepare
+from liftedstruct.datasets.prepare import LAYOUTS, PrepareOptions, prepare
 
 
 def main() -> int:
@@ -41,8 +48,12 @@ def main() -> int:
                         help="uint8 datums instead of JPEG-encoded ones")
     parser.add_argument("--encoding", choices=["jpg", "png"],
                         help="encoding of the datums (default: jpg; png for glyphs)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="unique",
+                        help="unique: each training image once, for the MetricBatchData "
+                             "layer (default); ordered: one batch-ordered LMDB per method")
     parser.add_argument("--methods", default=",".join(METHODS),
-                        help="training sets to write (default: all three)")
+                        help="the methods to check (unique) or write training sets for "
+                             "(ordered) (default: all three)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=BATCH["lifted"],
                         help="batch of the lifted and contrastive nets (default 128)")
     parser.add_argument("--triplet-batch-size", type=cli.positive_int,
@@ -62,6 +73,7 @@ def main() -> int:
         size=args.size or source.image_size, encoding=encoding, seed=args.seed,
         methods=tuple(m for m in args.methods.split(",") if m), max_pairs=args.max_pairs,
         skip_bad=args.skip_bad, count_check=not args.no_count_check, workers=args.workers,
+        layout=args.layout,
         batch_size={"lifted": args.batch_size, "contrastive": args.batch_size,
                     "triplet": args.triplet_batch_size})
     manifest = prepare(source, args.root, args.out, options)

@@ -1,6 +1,12 @@
 """A dataset source to the LMDBs the prototxts read: the test LMDB and index,
-and one training LMDB per method in the paper's batch order, with a manifest
-that makes a rerun skip what is already done from the same inputs."""
+the training set (docs/BATCHES.md) and a manifest that makes a rerun skip
+what is already done from the same inputs.
+
+Two layouts of the training set: "unique" (the default) writes each training
+image once, train_lmdb and train_index.tsv in the test LMDB's format, from
+which Caffe's MetricBatchData layer forms every loss's batches; "ordered"
+writes one LMDB per method, train_<method>_lmdb, whose record order is the
+batches (layouts.py), for Caffe's own Data layer."""
 
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from liftedstruct.images import ImageFormat, process_images
 from liftedstruct.lmdbio import caffe_pb2, make_datum, record_bytes, write_lmdb
 
 ENCODINGS = ("jpg", "png", "raw")
+LAYOUTS = ("unique", "ordered")
 
 
 @dataclass
@@ -38,6 +45,7 @@ class PrepareOptions:
     skip_bad: bool = False
     count_check: bool = True
     workers: int = os.cpu_count() or 1
+    layout: str = "unique"
 
     def validate(self) -> None:
         """Refuse settings that would fail late or silently mean something else."""
@@ -45,10 +53,12 @@ class PrepareOptions:
             raise DatasetError(f"--size {self.size}: the image side must be at least 1")
         if self.encoding not in ENCODINGS:
             raise DatasetError(f"encoding {self.encoding!r}: one of {', '.join(ENCODINGS)}")
+        if self.layout not in LAYOUTS:
+            raise DatasetError(f"--layout {self.layout}: one of {', '.join(LAYOUTS)}")
         check_methods(self.methods, DatasetError)
         for method in self.methods:
             batch = self.batch_size.get(method, 0)
-            option = "--triplet-batch-size" if method == "triplet" else "--batch-size"
+            option = batch_option(method)
             group = 3 if method == "triplet" else 2
             if batch < group or batch % group:
                 raise DatasetError(f"{option} {batch}: {method} batches hold whole "
@@ -58,6 +68,44 @@ class PrepareOptions:
             raise DatasetError(f"--max-pairs {self.max_pairs}: must be at least 1")
         if self.workers < 1:
             raise DatasetError(f"--workers {self.workers}: must be at least 1")
+
+
+def batch_option(method: str) -> str:
+    return "--triplet-batch-size" if method == "triplet" else "--batch-size"
+
+
+def check_train_labels(items: list[Item], options: PrepareOptions, where: str) -> None:
+    """Refuse a training split the batches cannot be formed from, as the
+    MetricBatchData layer would (docs/BATCHES.md): a class of one image, a
+    single class, or a method whose batch cannot be filled (given
+    --max-pairs, which caps the pairs and the triplets)."""
+    counts: dict[int, list[Item]] = {}
+    for item in items:
+        counts.setdefault(item.label, []).append(item)
+    single = sorted(label for label, members in counts.items() if len(members) == 1)
+    if single:
+        label = single[0]
+        raise DatasetError(f"{where}: class {label} has one image "
+                           f"({counts[label][0].path}; {len(single)} such class(es): "
+                           f"{', '.join(map(str, single[:10]))}); a class needs two images "
+                           "for a positive pair (the authors' generator refuses it too)")
+    if len(counts) < 2:
+        raise DatasetError(f"{where}: one class only (class {next(iter(counts))}); the "
+                           "negatives need at least two classes")
+    labels = relabel(items)
+    for method in options.methods:
+        kind = layouts.TRIPLET if method == "triplet" else layouts.PAIR
+        batch = options.batch_size[method]
+        total = layouts.tuple_count(labels, kind)
+        usable = min(total, options.max_pairs or total)
+        per_batch = batch // layouts.TUPLE_SIZE[kind]
+        if usable < per_batch:
+            what = "triplets" if kind == layouts.TRIPLET else "pairs"
+            capped = (f", capped by --max-pairs {options.max_pairs}"
+                      if usable < total else "")
+            raise DatasetError(f"{where}: {usable} {what} from {len(items)} images"
+                               f"{capped}: fewer than one {method} batch "
+                               f"({batch_option(method)} {batch} holds {per_batch})")
 
 
 def relabel(items: list[Item]) -> np.ndarray:
@@ -81,15 +129,22 @@ class Preparer:
 
     def key(self, split: str, what: str) -> str:
         """Everything an output depends on: the source's lists, every image of
-        its split (path, label, size and mtime, or pixels), the options."""
+        its split (path, label, size and mtime, or pixels), the options; for
+        the training set its layout, and for the ordered one the seed, batch
+        and cap that make its order (the test set and the unique training
+        set hold each image once, whatever they are)."""
         if split not in self._fingerprints:
             self._fingerprints[split] = self.dataset.fingerprint(split)
         options = self.options
         config = {"dataset": self.dataset.name, "checksums": self.dataset.checksums,
                   "images": self._fingerprints[split], "size": options.size,
-                  "encoding": options.encoding, "what": what, "seed": options.seed,
-                  "batch_size": options.batch_size, "max_pairs": options.max_pairs,
+                  "encoding": options.encoding, "what": what,
                   "skip_bad": options.skip_bad, "version": __version__}
+        if split == "train":
+            config["layout"] = options.layout
+            if options.layout == "ordered":
+                config.update(seed=options.seed, batch_size=options.batch_size,
+                              max_pairs=options.max_pairs)
         return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
     def _done(self, name: str, key: str) -> bool:
@@ -101,7 +156,8 @@ class Preparer:
         self.manifest.update({
             "dataset": self.dataset.name, "tool_version": __version__,
             "image_size": self.options.size, "encoding": self.options.encoding,
-            "seed": self.options.seed, "source_checksums": self.dataset.checksums,
+            "seed": self.options.seed, "layout": self.options.layout,
+            "source_checksums": self.dataset.checksums,
             **self.dataset.details,
         })
         atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2) + "\n")
@@ -149,27 +205,54 @@ class Preparer:
     def _datum(self, payload: bytes, label: int) -> bytes:
         return make_datum(payload, label, self.fmt.size, self.fmt.encoding != "raw")
 
+    def _write_index(self, name: str, items: list[Item], labels: np.ndarray) -> None:
+        atomic_write_text(self.out / name, "key\tlabel\tpath\n" + "".join(
+            f"{i:09d}\t{y}\t{item.path}\n"
+            for i, (item, y) in enumerate(zip(items, labels, strict=True))))
+
+    def _write_images(self, name: str, payloads: list[bytes], labels: np.ndarray) -> None:
+        """Each image once, keys in image order, its class label in the Datum."""
+        map_size = self._check_space(len(payloads), np.mean([len(p) for p in payloads]),
+                                     name)
+        write_lmdb(self.out / name,
+                   (self._datum(p, y) for p, y in zip(payloads, labels, strict=True)),
+                   len(payloads), name, map_size)
+
     def run(self) -> dict:
         test_key = self.key("test", "test")
         if not (self._done("test_lmdb", test_key) and self._done("test_index.tsv", test_key)):
             items, payloads, bad = self._encode_split("test")
             labels = relabel(items)
-            map_size = self._check_space(len(items), np.mean([len(p) for p in payloads]),
-                                         "test_lmdb")
-            write_lmdb(self.out / "test_lmdb",
-                       (self._datum(p, y) for p, y in zip(payloads, labels, strict=True)),
-                       len(items), "test_lmdb", map_size)
-            atomic_write_text(self.out / "test_index.tsv", "key\tlabel\tpath\n" + "".join(
-                f"{i:09d}\t{y}\t{item.path}\n"
-                for i, (item, y) in enumerate(zip(items, labels, strict=True))))
+            self._write_images("test_lmdb", payloads, labels)
+            self._write_index("test_index.tsv", items, labels)
             info = {"records": len(items), "images": len(items), "bad_images": bad,
                     "classes": int(len(set(labels.tolist())))}
             self._record("test_lmdb", test_key, **info)
             self._record("test_index.tsv", test_key, **info)
+        where = f"{self.dataset.name} train split"
+        if self.options.layout == "unique":
+            key = self.key("train", "train")
+            if self._done("train_lmdb", key) and self._done("train_index.tsv", key):
+                return self.manifest
+            check_train_labels(self.dataset.split("train"), self.options, where)
+            items, payloads, bad = self._encode_split("train")
+            if bad:  # the images left must still make the batches
+                check_train_labels(items, self.options, f"{where} without its bad images")
+            labels = relabel(items)
+            self._write_images("train_lmdb", payloads, labels)
+            self._write_index("train_index.tsv", items, labels)
+            info = {"records": len(items), "images": len(items), "bad_images": bad,
+                    "classes": int(len(set(labels.tolist())))}
+            self._record("train_lmdb", key, **info)
+            self._record("train_index.tsv", key, **info)
+            return self.manifest
         pending = [m for m in self.options.methods
                    if not self._done(f"train_{m}_lmdb", self.key("train", f"train_{m}"))]
         if pending:
+            check_train_labels(self.dataset.split("train"), self.options, where)
             items, payloads, bad = self._encode_split("train")
+            if bad:
+                check_train_labels(items, self.options, f"{where} without its bad images")
             labels = relabel(items)
             for method in pending:
                 self._write_train(method, payloads, labels, bad)
@@ -188,11 +271,11 @@ class Preparer:
 
         try:
             if method == "triplet":
-                order = layouts.triplet_order(labels, batch, self.options.seed,
-                                              self.options.max_pairs)
+                order = layouts.triplet_layout(labels, batch, self.options.seed,
+                                               self.options.max_pairs)
             else:
-                order, similarity = layouts.pair_order(labels, batch, self.options.seed,
-                                                       self.options.max_pairs)
+                order, similarity = layouts.pair_layout(labels, batch, self.options.seed,
+                                                        self.options.max_pairs)
         except ValueError as error:
             raise DatasetError(f"{name}: {error}") from error
         if method == "triplet":

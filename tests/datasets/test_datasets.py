@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from fixtures import make_cars196, make_cub, make_sop, write_image
-from liftedstruct.datasets import get_source, layouts
-from liftedstruct.datasets.prepare import PrepareOptions
+from liftedstruct.datasets import get_source
+from liftedstruct.datasets.base import Item
+from liftedstruct.datasets.prepare import PrepareOptions, check_train_labels
 from liftedstruct.datasets.prepare import prepare as prepare_source
 from liftedstruct.errors import DatasetError, FolderLockedError, OutputError
 from liftedstruct.files import file_digest, locked_folder
@@ -63,16 +64,24 @@ def test_cub_splits_labels_and_images(caffe, tmp_path):
     assert index[0] == "key\tlabel\tpath" and len(index) == 13
     assert index[1].split("\t") == ["000000000", "0", "101.Bird_101/Bird_101_0000.jpg"]
     assert manifest["outputs"]["test_lmdb"]["classes"] == 3
-    assert set(read_lmdb_labels(out / "train_lifted_lmdb")) == {0, 1, 2}
+    # The unique layout: each training image once, in image order, as test_lmdb.
+    assert read_lmdb_labels(out / "train_lmdb") == [0] * 4 + [1] * 4 + [2] * 4
+    index = (out / "train_index.tsv").read_text().splitlines()
+    assert index[0] == "key\tlabel\tpath" and len(index) == 13
+    assert index[5].split("\t") == ["000000004", "1", "002.Bird_2/Bird_2_0000.jpg"]
+    assert manifest["outputs"]["train_lmdb"] | {"key": None} == {
+        "key": None, "records": 12, "images": 12, "bad_images": 0, "classes": 3}
+    assert manifest["layout"] == "unique"
+    assert not list(out.glob("train_*_lmdb"))
     assert manifest["source_checksums"].keys() == {"images.txt", "image_class_labels.txt"}
 
 
 def test_unusual_images_become_bgr(caffe, tmp_path):
     """Grayscale JPEG, CMYK JPEG and alpha PNG (the first four train images)."""
-    raw = make_cub(tmp_path / "raw", classes=(1, 101), per_class=4)
+    raw = make_cub(tmp_path / "raw", classes=(1, 2, 101), per_class=4)
     out = tmp_path / "out"
     prepare("cub", raw, out, options(methods=("lifted",), encoding="raw"))
-    datums = read_all(out / "train_lifted_lmdb")
+    datums = read_all(out / "train_lmdb")
     assert all(not d.encoded and decode(d).shape == (256, 256, 3) for d in datums)
     gray = [d for d in datums if np.array_equal(decode(d)[..., 0], decode(d)[..., 2])]
     assert gray, "the grayscale image should decode to equal B, G and R"
@@ -81,7 +90,8 @@ def test_unusual_images_become_bgr(caffe, tmp_path):
 def test_pair_layout_in_lmdb(caffe, tmp_path):
     raw = make_cub(tmp_path / "raw", classes=(1, 2, 3, 4, 101, 102), per_class=5)
     out = tmp_path / "out"
-    prepare("cub", raw, out, options(methods=("lifted", "contrastive")))
+    prepare("cub", raw, out, options(methods=("lifted", "contrastive"), layout="ordered"))
+    assert not (out / "train_lmdb").exists()
     labels = np.array(read_lmdb_labels(out / "train_lifted_lmdb"))
     similarity = np.array(read_lmdb_labels(out / "train_contrastive_lmdb"))
     half = SMALL["lifted"] // 2
@@ -91,38 +101,10 @@ def test_pair_layout_in_lmdb(caffe, tmp_path):
     assert np.array_equal(batches[:, 0] == batches[:, 1], sims[:, 0].astype(bool))
 
 
-def test_pair_order_structure():
-    labels = np.repeat(np.arange(6), [3, 4, 5, 3, 6, 4])
-    order, similarity = layouts.pair_order(labels, 8, seed=1)
-    pairs = order.reshape(-1, 2, 4).transpose(0, 2, 1).reshape(-1, 2)
-    positives = {tuple(p) for p in layouts.positive_pairs(labels)}
-    found = {tuple(p) for p in pairs if labels[p[0]] == labels[p[1]]}
-    total = len(positives) + len(layouts.negative_pairs(labels, np.random.default_rng(1)))
-    assert len(pairs) % 4 == 0 and total - len(pairs) < 4  # only the trim is lost
-    assert len(positives - found) < 4
-    negatives = int((similarity == 0).sum() // 2)
-    assert abs(negatives - len(found)) / len(found) < 0.25
-    assert np.array_equal(similarity.reshape(-1, 2, 4)[:, 0] == 1,
-                          (labels[order].reshape(-1, 2, 4)[:, 0]
-                           == labels[order].reshape(-1, 2, 4)[:, 1]))
-    again, _ = layouts.pair_order(labels, 8, seed=1)
-    other, _ = layouts.pair_order(labels, 8, seed=2)
-    assert np.array_equal(order, again) and not np.array_equal(order, other)
-
-
-def test_triplet_order_structure():
-    labels = np.repeat(np.arange(5), 4)
-    order = layouts.triplet_order(labels, 6, seed=0)
-    blocks = labels[order].reshape(-1, 3, 2)
-    assert np.array_equal(blocks[:, 0], blocks[:, 1])
-    assert (blocks[:, 0] != blocks[:, 2]).all()
-    assert len(order) // 3 == 30  # all 5 * C(4, 2) positive pairs
-
-
 def test_data_layer_reads_the_lmdb(caffe, tmp_path):
     raw = make_cub(tmp_path / "raw", classes=(1, 2, 101, 102), per_class=4)
     out = tmp_path / "out"
-    prepare("cub", raw, out, options(methods=("lifted",)))
+    prepare("cub", raw, out, options(methods=("lifted",), layout="ordered"))
     expected = read_lmdb_labels(out / "train_lifted_lmdb")[:8]
     proto = tmp_path / "data.prototxt"
     proto.write_text(f"""
@@ -142,9 +124,9 @@ def test_cars196_and_sop_archives(caffe, tmp_path):
                    options(methods=("lifted",)))
     # Classes 1, 2, 97, 98 train; 99, 100, 196 test; the .mat's test flag is ignored.
     assert cars["outputs"]["test_lmdb"]["classes"] == 3
-    assert cars["outputs"]["train_lifted_lmdb"]["classes"] == 4
+    assert cars["outputs"]["train_lmdb"]["classes"] == 4
     sop = prepare("sop", make_sop(tmp_path / "sop"), tmp_path / "sop_out",
-                  options(methods=("triplet",)))
+                  options(methods=("triplet",), layout="ordered"))
     assert sop["outputs"]["test_lmdb"]["images"] == 15
     assert sop["outputs"]["train_triplet_lmdb"]["records"] % 6 == 0
 
@@ -152,22 +134,33 @@ def test_cars196_and_sop_archives(caffe, tmp_path):
 def test_archive_and_resume(caffe, tmp_path):
     tgz = make_cub(tmp_path / "raw", archive=True)
     out = tmp_path / "out"
-    prepare("cub", tgz, out, options(methods=("lifted",)))
+    ordered = dict(methods=("lifted",), layout="ordered")
+    prepare("cub", tgz, out, options(**ordered))
     stamp = (out / "train_lifted_lmdb" / "data.mdb").stat().st_mtime_ns
-    prepare("cub", tgz, out, options(methods=("lifted",)))
+    prepare("cub", tgz, out, options(**ordered))
     assert (out / "train_lifted_lmdb" / "data.mdb").stat().st_mtime_ns == stamp
-    prepare("cub", tgz, out, options(methods=("lifted",), seed=5))  # new seed: rewrite
+    prepare("cub", tgz, out, options(**ordered, seed=5))  # new seed: rewrite
     assert (out / "train_lifted_lmdb" / "data.mdb").stat().st_mtime_ns != stamp
     assert not list(out.glob("*.partial"))
+    # The unique layout does not depend on the seed, the batch or the cap.
+    prepare("cub", tgz, out, options())
+    stamp = (out / "train_lmdb" / "data.mdb").stat().st_mtime_ns
+    test_stamp = (out / "test_lmdb" / "data.mdb").stat().st_mtime_ns
+    prepare("cub", tgz, out, options(seed=5, max_pairs=100))
+    assert (out / "train_lmdb" / "data.mdb").stat().st_mtime_ns == stamp
+    assert (out / "test_lmdb" / "data.mdb").stat().st_mtime_ns == test_stamp
+    prepare("cub", tgz, out, options(size=64))  # other images: rewrite
+    assert (out / "train_lmdb" / "data.mdb").stat().st_mtime_ns != stamp
 
 
 def test_corrupt_image_named_or_skipped(caffe, tmp_path):
     raw = make_cub(tmp_path / "raw", corrupt=True)
     with pytest.raises(DatasetError, match="Bird_1_0002.jpg: not a decodable image"):
         prepare("cub", raw, tmp_path / "out", options())
-    assert not (tmp_path / "out" / "train_lifted_lmdb").exists()
+    assert not (tmp_path / "out" / "train_lmdb").exists()
     manifest = prepare("cub", raw, tmp_path / "out", options(skip_bad=True))
-    assert manifest["outputs"]["train_lifted_lmdb"]["images"] == 11
+    assert manifest["outputs"]["train_lmdb"]["images"] == 11
+    assert manifest["outputs"]["train_lmdb"]["bad_images"] == 1
     assert "Bird_1_0002.jpg" in (tmp_path / "out" / "bad_files_train.tsv").read_text()
 
 
@@ -194,7 +187,8 @@ def test_cli_digits(caffe, tmp_path):
     out = tmp_path / "digits"
     result = subprocess.run(
         [sys.executable, str(TOOLS / "prepare_dataset.py"), "digits", "--out", str(out),
-         "--max-pairs", "640", "--batch-size", "64", "--triplet-batch-size", "60"],
+         "--max-pairs", "640", "--batch-size", "64", "--triplet-batch-size", "60",
+         "--layout", "ordered"],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -210,14 +204,14 @@ def test_rerun_after_fixing_a_bad_image(caffe, tmp_path):
     raw = make_cub(tmp_path / "raw", corrupt=True)
     out = tmp_path / "out"
     first = prepare("cub", raw, out, options(skip_bad=True, methods=("lifted",)))
-    assert first["outputs"]["train_lifted_lmdb"]["images"] == 11
+    assert first["outputs"]["train_lmdb"]["images"] == 11
     assert (out / "bad_files_train.tsv").exists()
     test_stamp = (out / "test_lmdb" / "data.mdb").stat().st_mtime_ns
     bad = raw / "CUB_200_2011" / "images" / "001.Bird_1" / "Bird_1_0002.jpg"
     write_image(bad, 99)
     again = prepare("cub", raw, out, options(skip_bad=True, methods=("lifted",)))
-    assert again["outputs"]["train_lifted_lmdb"]["images"] == 12
-    assert again["outputs"]["train_lifted_lmdb"]["bad_images"] == 0
+    assert again["outputs"]["train_lmdb"]["images"] == 12
+    assert again["outputs"]["train_lmdb"]["bad_images"] == 0
     assert not (out / "bad_files_train.tsv").exists()
     # The test split did not change: it is not rewritten.
     assert (out / "test_lmdb" / "data.mdb").stat().st_mtime_ns == test_stamp
@@ -257,7 +251,8 @@ def test_bad_options_are_refused_before_any_work(caffe, tmp_path, monkeypatch):
             ({"batch_size": {"lifted": 8, "contrastive": 8, "triplet": 8}},
              "--triplet-batch-size 8"),
             ({"max_pairs": -10}, "--max-pairs -10"),
-            ({"methods": ("lifted", "npair")}, "unknown npair")):
+            ({"methods": ("lifted", "npair")}, "unknown npair"),
+            ({"layout": "sorted"}, "--layout sorted: one of unique, ordered")):
         with pytest.raises(DatasetError, match=message):
             prepare("cub", raw, tmp_path / "out", options(**overrides))
     blocker = tmp_path / "a_file"
@@ -311,7 +306,7 @@ def test_a_replaced_download_is_extracted_again(caffe, tmp_path):
     cub_tar(folder, archive)
     assert archive.stat().st_size == first_size
     manifest = prepare("cub", archive, out, options(methods=("lifted",)))
-    assert manifest["outputs"]["train_lifted_lmdb"]["images"] == 6
+    assert manifest["outputs"]["train_lmdb"]["images"] == 6
     assert manifest["source_checksums"]["CUB_200_2011.tar"] == file_digest(archive)
     # Another image replaced by other pixels (same size and time): the
     # prepared LMDBs follow the archive, not the extracted copy's times.
@@ -457,3 +452,44 @@ def test_cli_dataset_problems_end_without_traceback(tmp_path, name, content, mes
                             capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def items(*sizes: int) -> list[Item]:
+    """Classes 11, 12, ... with the given numbers of images."""
+    return [Item(path=f"c{11 + c}/{i}.jpg", label=11 + c)
+            for c, size in enumerate(sizes) for i in range(size)]
+
+
+@pytest.mark.parametrize("sizes,overrides,message", [
+    ((3, 1, 2), {}, "class 12 has one image \\(c12/0.jpg; 1 such class.*authors' "
+                    "generator refuses it too"),
+    ((5,), {}, "one class only \\(class 11\\)"),
+    # 2 classes of 2: P = 6, N = 2, 14 pairs; 2 triplets.
+    ((2, 2), {"methods": ("lifted",)}, "14 pairs from 4 images: fewer than one lifted "
+                                       "batch \\(--batch-size 32 holds 16\\)"),
+    ((2, 2), {"methods": ("triplet",)}, "2 triplets from 4 images: fewer than one triplet "
+                                        "batch \\(--triplet-batch-size 30 holds 10\\)"),
+    ((4, 4), {"max_pairs": 10}, "10 pairs from 8 images, capped by --max-pairs 10: fewer "
+                                "than one lifted batch"),
+])
+def test_training_sets_the_layer_would_refuse(sizes, overrides, message):
+    settings = {"batch_size": {"lifted": 32, "contrastive": 32, "triplet": 30}, **overrides}
+    with pytest.raises(DatasetError, match="cub train split: " + message):
+        check_train_labels(items(*sizes), options(**settings), "cub train split")
+    check_train_labels(items(9, 9, 9), options(), "accepted")
+
+
+def test_unique_layout_refuses_a_class_of_one_image_before_decoding(caffe, tmp_path,
+                                                                    monkeypatch):
+    raw = make_cub(tmp_path / "raw", classes=(1, 2, 101), per_class=2)
+    lines = (raw / "CUB_200_2011" / "image_class_labels.txt").read_text().splitlines()
+    images = (raw / "CUB_200_2011" / "images.txt").read_text().splitlines()
+    # Keep one image of class 2: drop its second from both lists.
+    drop = next(line.split()[0] for line in lines if line.split()[1] == "2")
+    keep = [line for line in lines if line.split()[0] != drop]
+    (raw / "CUB_200_2011" / "image_class_labels.txt").write_text("\n".join(keep) + "\n")
+    (raw / "CUB_200_2011" / "images.txt").write_text(
+        "\n".join(line for line in images if line.split()[0] != drop) + "\n")
+    with pytest.raises(DatasetError, match="cub train split: class 2 has one image"):
+        prepare("cub", raw, tmp_path / "out", options())
+    assert not (tmp_path / "out" / "train_lmdb").exists()
