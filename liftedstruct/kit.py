@@ -174,7 +174,8 @@ def write_nets(kit: Path) -> None:
     )
 
     header = HEADER.replace("tools/make_prototxt.py", "tools/gpu_kit.py")
-    paper = replace(paper_config("sop", "lifted", 512),
+    # The kit times and trains through Caffe's Data layer: the ordered layout.
+    paper = replace(paper_config("sop", "lifted", 512, layout="ordered"),
                     train_source="fixture/train_lifted_lmdb", test_source="fixture/test_lmdb")
     for mode in ("gpu", "cpu"):
         config = paper if mode == "gpu" else replace(paper, crop=CPU_CROP)
@@ -217,7 +218,7 @@ def fixture_data(work: Path) -> Path:
     root = write_online_products(download, FIXTURE["train_classes"],
                                  FIXTURE["test_classes"], FIXTURE["per_class"])
     options = PrepareOptions(methods=("lifted",), max_pairs=FIXTURE["max_pairs"],
-                             count_check=False)
+                             count_check=False, layout="ordered")
     prepare(get_source("sop"), root, out, options)
     shutil.rmtree(out / "sop", ignore_errors=True)  # the extracted download
     stamp.write_text(json.dumps(FIXTURE))

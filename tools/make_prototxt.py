@@ -5,7 +5,9 @@ Without options: (re)write the committed set under prototxt/ (the headline
 train_val and solver per dataset, one deploy per embedding size, the demo).
 --check: fail if the committed files differ from the template.
 --dataset D --method M --embedding E --out DIR: write DIR/train_val.prototxt,
-solver.prototxt and deploy.prototxt for any of the paper's configurations.
+solver.prototxt and deploy.prototxt for any of the paper's configurations
+(--layout unique, the default: the MetricBatchData layer on train_lmdb;
+--layout ordered: Caffe's Data layer on train_<method>_lmdb).
 --data-timing LMDB --out DIR: write DIR/data_timing.prototxt, the training
 Data layer alone on LMDB (into a Silence layer), for timing the data path
 with `caffe time` (threads from CAFFE_DATA_THREADS, or the cores).
@@ -21,7 +23,7 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from liftedstruct import cli
 from liftedstruct.constants import EMBEDDINGS, METHODS, PAPER_DATASETS
 from liftedstruct.files import check_writable
-from liftedstruct.nets.template import data_timing_net
+from liftedstruct.nets.template import LAYOUTS, data_timing_net
 from liftedstruct.nets.zoo import check_committed, committed_files, net_files, write_files
 from liftedstruct.paths import REPO_ROOT
 
@@ -36,6 +38,10 @@ def main() -> int:
     parser.add_argument("--method", choices=METHODS)
     parser.add_argument("--embedding", type=int, choices=EMBEDDINGS)
     parser.add_argument("--out", type=Path, help="folder for one configuration's files")
+    parser.add_argument("--layout", choices=LAYOUTS, default="unique",
+                        help="the training set of --dataset ... --out: unique (train_lmdb, "
+                             "the MetricBatchData layer; default) or ordered "
+                             "(train_<method>_lmdb, Caffe's Data layer)")
     parser.add_argument("--data-timing", type=Path, metavar="LMDB",
                         help="write OUT/data_timing.prototxt: the Data layer alone on LMDB")
     parser.add_argument("--batch-size", type=cli.positive_int, default=128,
@@ -52,13 +58,15 @@ def main() -> int:
               f"(images/s = {args.batch_size} x 1000 / the average forward pass in ms)")
         return 0
     one = [args.dataset, args.method, args.embedding, args.out]
+    if args.layout != "unique" and any(v is None for v in one):
+        parser.error("--layout goes with --dataset, --method, --embedding and --out")
     if any(v is not None for v in one):
         if any(v is None for v in one) or args.check:
             parser.error("--dataset, --method, --embedding and --out go together "
                          "(and without --check)")
         check_writable(args.out, "--out")
         written = write_files(args.out, net_files(args.dataset, args.method, args.embedding,
-                                                  args.out.as_posix()))
+                                                  args.out.as_posix(), args.layout))
         for path in written:
             print(path)
         print(f"train with: caffe train -solver {args.out / 'solver.prototxt'} "

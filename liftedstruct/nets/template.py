@@ -3,8 +3,11 @@
 GoogLeNet (BVLC, no batch norm, no auxiliary classifiers) up to
 pool5/7x7_s1, dropout 0.4, fc_embedding (lr x10 / x20), then the loss of the
 method: LiftedStructSimilaritySoftmaxLoss, ContrastiveLoss on the two halves
-of the batch, or TripletLoss on its thirds. nets/zoo.py says which are
-committed; nets/derive.py writes a run's copies.
+of the batch, or TripletLoss on its thirds. The training batches
+(docs/BATCHES.md) come from the MetricBatchData layer on the unique layout's
+train_lmdb (the default), or from Caffe's Data layer on an ordered layout's
+train_<method>_lmdb. nets/zoo.py says which are committed; nets/derive.py
+writes a run's copies.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from dataclasses import dataclass
 
 from liftedstruct.constants import BATCH, CROP, IMAGENET_MEAN_BGR
 from liftedstruct.errors import NetError
+
+LAYOUTS = ("unique", "ordered")
+EPOCHS = ("fixed", "reshuffle")
 
 # GoogLeNet's inception modules: 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj.
 INCEPTION = {
@@ -38,6 +44,22 @@ class NetConfig:
     mean: tuple[int, ...] = IMAGENET_MEAN_BGR
     scale: float | None = None
     margin: float = 1.0
+    # The training set: "unique" (train_lmdb, batches formed by the
+    # MetricBatchData layer) or "ordered" (train_<method>_lmdb, Caffe's Data
+    # layer); for unique, the cap on the pairs or triplets of an epoch (None:
+    # all) and whether every epoch is epoch 0 ("fixed", the authors') or
+    # draws new negatives and a new order ("reshuffle").
+    layout: str = "unique"
+    max_tuples: int | None = None
+    epochs: str = "fixed"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise NetError(f"layout {self.layout!r}: one of {', '.join(LAYOUTS)}")
+        if self.epochs not in EPOCHS:
+            raise NetError(f"epochs {self.epochs!r}: one of {', '.join(EPOCHS)}")
+        if self.max_tuples is not None and self.max_tuples < 1:
+            raise NetError(f"max_tuples {self.max_tuples}: at least 1, or None for all")
 
     @property
     def name(self) -> str:
@@ -61,21 +83,29 @@ class SolverConfig:
     random_seed: int | None = None
 
 
-def paper_config(dataset: str, method: str, embedding: int) -> NetConfig:
+def train_lmdb(folder: str, method: str, layout: str = "unique") -> str:
+    """The training LMDB of a prepared folder for a method and layout."""
+    return f"{folder}/train_lmdb" if layout == "unique" else f"{folder}/train_{method}_lmdb"
+
+
+def paper_config(dataset: str, method: str, embedding: int,
+                 layout: str = "unique") -> NetConfig:
     """The paper's settings for one dataset, method and embedding size."""
     lmdb = f"data/lmdb/{dataset}"
     return NetConfig(dataset=dataset, method=method, embedding=embedding,
-                     batch=BATCH[method], train_source=f"{lmdb}/train_{method}_lmdb",
-                     test_source=f"{lmdb}/test_lmdb")
+                     batch=BATCH[method], train_source=train_lmdb(lmdb, method, layout),
+                     test_source=f"{lmdb}/test_lmdb", layout=layout)
 
 
-def demo_config(method: str, dataset: str = "glyphs", embedding: int = 64) -> NetConfig:
+def demo_config(method: str, dataset: str = "glyphs", embedding: int = 64,
+                layout: str = "unique") -> NetConfig:
     """The demo: a small conv net on 32x32 images, 28x28 crops."""
     lmdb = f"data/lmdb/{dataset}"
     return NetConfig(dataset=dataset, method=method, embedding=embedding, arch="demo",
                      crop=28, mirror=False, batch=BATCH[method],
-                     train_source=f"{lmdb}/train_{method}_lmdb",
-                     test_source=f"{lmdb}/test_lmdb", mean=(), scale=1 / 255)
+                     train_source=train_lmdb(lmdb, method, layout),
+                     test_source=f"{lmdb}/test_lmdb", mean=(), scale=1 / 255,
+                     layout=layout)
 
 
 # ---------------------------------------------------------------- pieces
@@ -219,9 +249,24 @@ def embedding_layer(config: NetConfig, bottom: str) -> str:
                            'bias_filler { type: "constant" value: 0 }').rstrip("\n"))
 
 
+def metric_batch_param(config: NetConfig) -> str:
+    """The MetricBatchData layer's settings (docs/BATCHES.md): triplets for
+    the triplet loss, pairs otherwise; the pair's similarity as the label for
+    contrastive, the class otherwise; epochs and the cap only when set."""
+    spec = f"tuple: {'TRIPLET' if config.method == 'triplet' else 'PAIR'}\n"
+    spec += f"label: {'SIMILARITY' if config.method == 'contrastive' else 'CLASS'}"
+    if config.epochs != "fixed":
+        spec += f"\nepochs: {config.epochs.upper()}"
+    if config.max_tuples is not None:
+        spec += f"\nmax_tuples: {config.max_tuples}"
+    return _block("metric_batch_param", spec)
+
+
 def data_layer(config: NetConfig, phase: str, threads: int | None = None) -> str:
-    """Caffe's Data layer with the config's transform; threads sets data_param's
-    threads (patch 0011; None leaves it to CAFFE_DATA_THREADS or the cores)."""
+    """The TRAIN or TEST data layer with the config's transform: in TRAIN,
+    MetricBatchData for the unique layout, Caffe's Data layer otherwise;
+    threads sets data_param's threads (patch 0011; None leaves it to
+    CAFFE_DATA_THREADS or the cores)."""
     train = phase == "TRAIN"
     transform = f"mirror: {'true' if train and config.mirror else 'false'}\n"
     transform += f"crop_size: {config.crop}\n"
@@ -229,13 +274,15 @@ def data_layer(config: NetConfig, phase: str, threads: int | None = None) -> str
     if config.scale is not None:
         transform += f"scale: {config.scale:.8g}\n"
     source = config.train_source if train else config.test_source
-    return _block("layer", f'name: "data"\ntype: "Data"\ntop: "data"\ntop: "label"\n'
+    metric = train and config.layout == "unique"
+    kind = "MetricBatchData" if metric else "Data"
+    return _block("layer", f'name: "data"\ntype: "{kind}"\ntop: "data"\ntop: "label"\n'
                   f"include {{ phase: {phase} }}\n"
                   + _block("transform_param", transform.rstrip("\n"))
-                  + _block("data_param", f'source: "{source}"\n'
-                           f"batch_size: {config.batch}\nbackend: LMDB"
-                           + (f"\nthreads: {threads}" if threads is not None else ""))
-                  .rstrip("\n"))
+                  + (_block("data_param", f'source: "{source}"\n'
+                            f"batch_size: {config.batch}\nbackend: LMDB"
+                            + (f"\nthreads: {threads}" if threads is not None else ""))
+                     + (metric_batch_param(config) if metric else "")).rstrip("\n"))
 
 
 def data_timing_net(source: str, batch: int = BATCH["lifted"],
@@ -245,7 +292,7 @@ def data_timing_net(source: str, batch: int = BATCH["lifted"],
     source: `caffe time -model NET -iterations N` then times the data path,
     each iteration's forward pass being the wait for the next batch."""
     config = NetConfig(dataset="data", method="lifted", embedding=0, batch=batch,
-                       train_source=source)
+                       train_source=source, layout="ordered")
     return (HEADER + 'name: "data_timing"\n' + data_layer(config, "TRAIN", threads)
             + _block("layer", 'name: "silence"\ntype: "Silence"\nbottom: "data"\n'
                      'bottom: "label"'))
@@ -265,7 +312,8 @@ def loss_layers(config: NetConfig) -> str:
     if config.method == "contrastive":
         half = config.batch // 2
         # Item i and i + B/2 form a pair; the label of the first half is the
-        # pair's similarity (the dataset tool writes it so).
+        # pair's similarity (MetricBatchData's label: SIMILARITY, or the
+        # labels of the ordered layout's train_contrastive_lmdb).
         text = _block("layer", 'name: "slice_embedding"\ntype: "Slice"\n'
                       'bottom: "fc_embedding"\ntop: "embedding_a"\ntop: "embedding_b"\n'
                       + _block("slice_param", f"axis: 0\nslice_point: {half}").rstrip("\n"))

@@ -35,11 +35,13 @@ def check_choice(dataset: str, method: str, embedding: int) -> None:
                        f"{', '.join(map(str, EMBEDDINGS))}")
 
 
-def net_files(dataset: str, method: str, embedding: int, folder: str) -> dict[str, str]:
-    """train_val, solver and deploy of one of the paper's configurations; the
-    solver names the net as folder/train_val.prototxt."""
+def net_files(dataset: str, method: str, embedding: int, folder: str,
+              layout: str = "unique") -> dict[str, str]:
+    """train_val, solver and deploy of one of the paper's configurations on
+    the layout's training LMDB; the solver names the net as
+    folder/train_val.prototxt."""
     check_choice(dataset, method, embedding)
-    config = paper_config(dataset, method, embedding)
+    config = paper_config(dataset, method, embedding, layout)
     texts = net_texts(config, SolverConfig(net=f"{folder}/train_val.prototxt",
                                            snapshot_prefix=snapshot_prefix(config)))
     return {f"{name}.prototxt": text for name, text in texts.items()}

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from liftedstruct.constants import (
     METHODS,
     PAPER_DATASETS,
 )
-from liftedstruct.nets import zoo
+from liftedstruct.errors import NetError
+from liftedstruct.nets import template, zoo
 from liftedstruct.nets.derive import RunNet
 from liftedstruct.paths import REPO_ROOT, caffe_binary
 from liftedstruct.training import LOSS_LINE
@@ -52,15 +54,26 @@ def test_committed_files_are_the_templates(tmp_path):
     assert any("not generated" in p and "extra.prototxt" in p for p in problems)
 
 
-def check_paper_settings(dataset, method, embedding, net, solver):
+def check_paper_settings(dataset, method, embedding, net, solver, layout="unique"):
     layers = {layer.name: layer for layer in net.layer}
-    data = [layer for layer in net.layer if layer.type == "Data"]
+    data = [layer for layer in net.layer if layer.type in ("Data", "MetricBatchData")]
     train, test = sorted(data, key=lambda layer: layer.include[0].phase)
+    assert test.type == "Data"
+    if layout == "unique":
+        assert train.type == "MetricBatchData"
+        assert train.data_param.source == f"data/lmdb/{dataset}/train_lmdb"
+        param = train.metric_batch_param
+        assert param.tuple == (param.TRIPLET if method == "triplet" else param.PAIR)
+        assert param.label == (param.SIMILARITY if method == "contrastive" else param.CLASS)
+        assert param.epochs == param.FIXED and param.max_tuples == 0
+        assert not param.HasField("seed")  # the solver's random_seed
+    else:
+        assert train.type == "Data" and not train.HasField("metric_batch_param")
+        assert train.data_param.source == f"data/lmdb/{dataset}/train_{method}_lmdb"
     assert train.data_param.batch_size == (120 if method == "triplet" else 128)
     assert train.transform_param.crop_size == test.transform_param.crop_size == 227
     assert train.transform_param.mirror and not test.transform_param.mirror
     assert list(train.transform_param.mean_value) == [104, 117, 123]
-    assert train.data_param.source == f"data/lmdb/{dataset}/train_{method}_lmdb"
     assert test.data_param.source == f"data/lmdb/{dataset}/test_lmdb"
     pool5 = layers["pool5/7x7_s1"].pooling_param
     assert pool5.kernel_size == 7 and pool5.stride == 1 and pool5.pool == 1  # AVE
@@ -106,7 +119,7 @@ def test_every_configuration_has_the_papers_settings(caffe, dataset):
 def test_make_prototxt_writes_one_configuration(caffe, tmp_path):
     out = tmp_path / "cars_triplet_256"
     result = subprocess.run([*MAKE, "--dataset", "cars196", "--method", "triplet",
-                             "--embedding", "256", "--out", str(out)],
+                             "--embedding", "256", "--out", str(out), "--layout", "ordered"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
@@ -115,11 +128,54 @@ def test_make_prototxt_writes_one_configuration(caffe, tmp_path):
     assert solver.net == f"{out}/train_val.prototxt"
     check_paper_settings("cars196", "triplet", 256,
                          parse((out / "train_val.prototxt").read_text(), "NetParameter"),
-                         solver)
+                         solver, layout="ordered")
     caffe.Net(str(out / "deploy.prototxt"), caffe.TEST)
     bad = subprocess.run([*MAKE, "--dataset", "cub", "--method", "lifted", "--out",
                           str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "go together" in bad.stderr
+    alone = subprocess.run([*MAKE, "--check", "--layout", "ordered"], capture_output=True,
+                           text=True)
+    assert alone.returncode == 2 and "--layout goes with --dataset" in alone.stderr
+
+
+def train_layer(config) -> str:
+    text = template.data_layer(config, "TRAIN")
+    return " ".join(line.strip() for line in text.splitlines())
+
+
+@pytest.mark.parametrize("method,tuple_kind,label", [("lifted", "PAIR", "CLASS"),
+                                                     ("contrastive", "PAIR", "SIMILARITY"),
+                                                     ("triplet", "TRIPLET", "CLASS")])
+def test_unique_layout_trains_through_metric_batch_data(method, tuple_kind, label):
+    """The text of the TRAIN data layer (the proto fields the C++ layer reads)."""
+    config = template.paper_config("sop", method, 512)
+    batch = 120 if method == "triplet" else 128
+    assert train_layer(config) == (
+        'layer { name: "data" type: "MetricBatchData" top: "data" top: "label" '
+        "include { phase: TRAIN } transform_param { mirror: true crop_size: 227 "
+        "mean_value: 104 mean_value: 117 mean_value: 123 } data_param { "
+        f'source: "data/lmdb/sop/train_lmdb" batch_size: {batch} backend: LMDB }} '
+        f"metric_batch_param {{ tuple: {tuple_kind} label: {label} }} }}")
+    capped = train_layer(replace(config, max_tuples=30000, epochs="reshuffle"))
+    assert capped.endswith(f"metric_batch_param {{ tuple: {tuple_kind} label: {label} "
+                           "epochs: RESHUFFLE max_tuples: 30000 } }")
+    test = template.data_layer(config, "TEST")
+    assert 'type: "Data"' in test and "test_lmdb" in test and "metric_batch" not in test
+    ordered = train_layer(template.paper_config("sop", method, 512, layout="ordered"))
+    assert 'type: "Data"' in ordered and f"train_{method}_lmdb" in ordered
+    assert "metric_batch_param" not in ordered
+    demo = train_layer(template.demo_config(method, "digits"))
+    assert 'type: "MetricBatchData"' in demo and "data/lmdb/digits/train_lmdb" in demo
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("layout", "sorted", "layout 'sorted': one of unique, ordered"),
+    ("epochs", "random", "epochs 'random': one of fixed, reshuffle"),
+    ("max_tuples", 0, "max_tuples 0: at least 1"),
+])
+def test_bad_net_settings_are_refused(field, value, message):
+    with pytest.raises(NetError, match=message):
+        replace(template.paper_config("cub", "lifted", 64), **{field: value})
 
 
 def test_deploy_nets_build_and_output_both_blobs(caffe):
