@@ -219,6 +219,18 @@ class Preparer:
                    len(payloads), name, map_size)
 
     def run(self) -> dict:
+        where = f"{self.dataset.name} train split"
+        train_key = self.key("train", "train")
+        unique = self.options.layout == "unique"
+        if unique:
+            train_done = (self._done("train_lmdb", train_key)
+                          and self._done("train_index.tsv", train_key))
+            pending = [] if train_done else list(self.options.methods)
+        else:
+            pending = [m for m in self.options.methods if not self._done(
+                f"train_{m}_lmdb", self.key("train", f"train_{m}"))]
+        if pending or unique:  # before any image is decoded, whatever is done
+            check_train_labels(self.dataset.split("train"), self.options, where)
         test_key = self.key("test", "test")
         if not (self._done("test_lmdb", test_key) and self._done("test_index.tsv", test_key)):
             items, payloads, bad = self._encode_split("test")
@@ -229,12 +241,9 @@ class Preparer:
                     "classes": int(len(set(labels.tolist())))}
             self._record("test_lmdb", test_key, **info)
             self._record("test_index.tsv", test_key, **info)
-        where = f"{self.dataset.name} train split"
-        if self.options.layout == "unique":
-            key = self.key("train", "train")
-            if self._done("train_lmdb", key) and self._done("train_index.tsv", key):
-                return self.manifest
-            check_train_labels(self.dataset.split("train"), self.options, where)
+        if not pending:
+            return self.manifest
+        if unique:
             items, payloads, bad = self._encode_split("train")
             if bad:  # the images left must still make the batches
                 check_train_labels(items, self.options, f"{where} without its bad images")
@@ -243,19 +252,15 @@ class Preparer:
             self._write_index("train_index.tsv", items, labels)
             info = {"records": len(items), "images": len(items), "bad_images": bad,
                     "classes": int(len(set(labels.tolist())))}
-            self._record("train_lmdb", key, **info)
-            self._record("train_index.tsv", key, **info)
+            self._record("train_lmdb", train_key, **info)
+            self._record("train_index.tsv", train_key, **info)
             return self.manifest
-        pending = [m for m in self.options.methods
-                   if not self._done(f"train_{m}_lmdb", self.key("train", f"train_{m}"))]
-        if pending:
-            check_train_labels(self.dataset.split("train"), self.options, where)
-            items, payloads, bad = self._encode_split("train")
-            if bad:
-                check_train_labels(items, self.options, f"{where} without its bad images")
-            labels = relabel(items)
-            for method in pending:
-                self._write_train(method, payloads, labels, bad)
+        items, payloads, bad = self._encode_split("train")
+        if bad:
+            check_train_labels(items, self.options, f"{where} without its bad images")
+        labels = relabel(items)
+        for method in pending:
+            self._write_train(method, payloads, labels, bad)
         return self.manifest
 
     def _write_train(self, method: str, payloads: list[bytes], labels: np.ndarray,

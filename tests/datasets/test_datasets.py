@@ -493,3 +493,4 @@ def test_unique_layout_refuses_a_class_of_one_image_before_decoding(caffe, tmp_p
     with pytest.raises(DatasetError, match="cub train split: class 2 has one image"):
         prepare("cub", raw, tmp_path / "out", options())
     assert not (tmp_path / "out" / "train_lmdb").exists()
+    assert not (tmp_path / "out" / "test_lmdb").exists()  # nothing decoded
