@@ -1,27 +1,30 @@
 """prepare -> train -> extract -> score -> report, resumable, for one dataset.
 
 A run trains every method at one or more embedding sizes from one or more
-seeds (a sweep: the paper's Figs. 6-8 and 12). A seed fixes the training
-batches (the pair and triplet order of the prepared LMDBs) and the solver's
-random seed; every method at every size of that seed trains on the same
-batches with the same solver and iterations. The untrained baseline (raw
-pixels for the demos, ImageNet GoogLeNet's pool5 otherwise) does not depend
-on either and is extracted and scored once.
+seeds (a sweep: the paper's Figs. 6-8 and 12). The training set is prepared
+once, each image once (the unique layout, docs/BATCHES.md); the
+MetricBatchData layer forms the batches from it and from the solver's
+random seed, so every method at every size of a seed trains on the same
+batches (pairs, or triplets for triplet, capped at --max-pairs) with the
+same solver and iterations. The untrained baseline (raw pixels for the
+demos, ImageNet GoogLeNet's pool5 otherwise) does not depend on either and
+is extracted and scored once.
 
 Everything is checked before anything is written: a run that cannot start
 leaves no trace, and a run folder only ever resumes the run it was made for
-(same settings, same dataset, same weights file content). Every stage but
-training resumes exactly; a training resumed from a solverstate cannot
-(Caffe's solverstate keeps neither the data reader's position nor the
-random state), so each such resume is recorded in state.json and, with the
-method's scores, in results.json and the report.
+(same settings, same dataset, same weights file content). Every stage
+resumes exactly: batch k, its crops and mirrors and the solver's other
+random draws depend on the seed and k alone (docs/BATCHES.md), and a
+solverstate records the training LMDB's fingerprint, so a training resumed
+from it is the run it resumes; each resume is still recorded in state.json
+and, with the method's scores, in results.json and the report.
 
 Run folder of one size and one seed: data/ (LMDBs), train/<method>/ (nets,
 solver, snapshots), logs/, features/<name>.npz, scores/<name>.json,
-results.json, report/. A sweep keeps each seed's data in data/s<seed>/ and
-each size and seed apart as e<size>_s<seed>/ below train/, features/ and
-scores/ (results.json keys such as "e16_s0/lifted"); the baseline stays at
-features/<baseline>.npz."""
+results.json, report/. A sweep keeps each size and seed apart as
+e<size>_s<seed>/ below train/, features/ and scores/ (results.json keys such
+as "e16_s0/lifted"), all of them reading the one data/; the baseline stays
+at features/<baseline>.npz."""
 
 from __future__ import annotations
 
@@ -69,7 +72,8 @@ from liftedstruct.weights import check_fit, net_parameters
 STAGES = {"prepare": "prepare", "train": "train_all", "extract": "extract_all",
           "score": "score_all", "report": "report"}
 SELF_CHECKING = ("train",)
-# The demo trains on at most this many pairs (all pairs would be ~10^5-10^6).
+# The demo trains on at most this many pairs (all pairs would be ~10^5-10^6)
+# per epoch, and triplet on as many triplets.
 DEMO_MAX_PAIRS = 30000
 TRUNK_TOP = "pool5/7x7_s1"
 
@@ -265,8 +269,9 @@ class Pipeline:
         """The output of a stage recorded as done, if it is all there (the
         scores for 'score', else {}); None when some of it is missing."""
         if stage == "prepare":
-            return {} if all((self.data_dir(seed) / "manifest.json").is_file()
-                             for seed in self.config.seeds) else None
+            data = self.data_dir()
+            return {} if all((data / name).exists() for name in (
+                "manifest.json", "train_lmdb", "train_index.tsv", "test_lmdb")) else None
         if stage == "extract":
             return {} if all(self.features_path(n).is_file() for n in self.names()) else None
         if stage == "score":
@@ -310,22 +315,24 @@ class Pipeline:
         return self.results
 
     # ------------------------------------------------------------ prepare
-    def data_dir(self, seed: int) -> Path:
-        """The LMDBs of one seed's batches (and the test set)."""
-        return self.out / "data" / (f"s{seed}" if self.config.sweep else "")
+    def data_dir(self) -> Path:
+        """The prepared LMDBs: train_lmdb (each training image once, for every
+        seed and method) and test_lmdb, with their index files."""
+        return self.out / "data"
 
     def prepare(self) -> bool:
+        """The unique layout, checked for what the MetricBatchData layer would
+        refuse (a class of one image, a single class, a method whose batch
+        the capped tuples cannot fill)."""
         config = self.config
-        for seed in config.seeds:
-            options = PrepareOptions(
-                size=config.image_size or self.source.image_size,
-                encoding=self.source.encoding, seed=seed,
-                methods=config.methods, max_pairs=config.max_pairs,
-                count_check=config.count_check,
-                batch_size={m: config.batch or BATCH[m] for m in config.methods})
-            manifest = prepare(self.source, config.root, self.data_dir(seed), options)
-            log = f"prepare_s{seed}.json" if config.sweep else "prepare.json"
-            atomic_write_text(self.out / "logs" / log, json.dumps(manifest, indent=2))
+        options = PrepareOptions(
+            size=config.image_size or self.source.image_size,
+            encoding=self.source.encoding, seed=config.seeds[0], layout="unique",
+            methods=config.methods, max_pairs=config.max_pairs,
+            count_check=config.count_check,
+            batch_size={m: config.batch or BATCH[m] for m in config.methods})
+        manifest = prepare(self.source, config.root, self.data_dir(), options)
+        atomic_write_text(self.out / "logs" / "prepare.json", json.dumps(manifest, indent=2))
         note = self.data_note(manifest)
         if note:
             print(f"  note: {note}", flush=True)
@@ -342,9 +349,10 @@ class Pipeline:
     def run_net(self, method: str, cell: Cell) -> RunNet:
         config = self.config
         return RunNet(dataset=config.dataset, method=method, embedding=cell.embedding,
-                      data_dir=self.data_dir(cell.seed),
+                      data_dir=self.data_dir(),
                       folder=self.out / "train" / cell.tag / method,
-                      seed=cell.seed, iterations=config.iterations, crop=config.crop,
+                      seed=cell.seed, max_tuples=config.max_pairs,
+                      iterations=config.iterations, crop=config.crop,
                       batch=config.batch, gpu=config.gpu is not None)
 
     def params(self, cell: Cell) -> dict[str, list[int]]:
@@ -354,8 +362,36 @@ class Pipeline:
             self._params[cell.embedding] = self._net_parameters(cell)
         return self._params[cell.embedding]
 
+    def check_training_data(self) -> None:
+        """train_lmdb must be what train_index.tsv lists: as many records, the
+        same labels in key order (the batches are formed from the labels)."""
+        from liftedstruct.lmdbio import read_labels
+
+        data = self.data_dir()
+        lmdb_path, index_path = data / "train_lmdb", data / "train_index.tsv"
+        try:
+            rows = index_path.read_text().splitlines()[1:]
+            listed = [int(row.split("\t")[1]) for row in rows]
+        except (OSError, IndexError, ValueError) as error:
+            raise PipelineError(f"{index_path}: unreadable ({error}); it and {lmdb_path} "
+                                "are written by the prepare stage: delete "
+                                f"{data / 'manifest.json'} to prepare again") from error
+        labels = read_labels(lmdb_path)
+        if len(labels) != len(listed):
+            raise PipelineError(f"{lmdb_path} holds {len(labels)} records but {index_path} "
+                                f"lists {len(listed)}: they are not of one prepare; delete "
+                                f"{data / 'manifest.json'} to prepare again")
+        differ = next((i for i, (a, b) in enumerate(zip(labels, listed, strict=True))
+                       if a != b), None)
+        if differ is not None:
+            raise PipelineError(f"{lmdb_path} record {differ:09d} has label {labels[differ]} "
+                                f"but {index_path} lists {listed[differ]}: they are not of "
+                                f"one prepare; delete {data / 'manifest.json'} to prepare "
+                                "again")
+
     def train_all(self) -> bool:
         """Every method at every cell, seed by seed; whether any trained."""
+        self.check_training_data()
         trained = False
         for number, cell in enumerate(self.cells, 1):
             if cell.tag:
@@ -388,7 +424,8 @@ class Pipeline:
                     self.out / "logs" / f"train_{name.replace('/', '_')}.log", name,
                     params=params,
                     snapshot_every=net.solver_config().snapshot, weights=self.weights,
-                    gpu=self.config.gpu, on_resume=record_resume)
+                    gpu=self.config.gpu, on_resume=record_resume,
+                    train_lmdb=self.data_dir() / "train_lmdb")
         return True
 
     # ------------------------------------------------------------ extract
@@ -409,7 +446,7 @@ class Pipeline:
         if not deploy_path.exists():
             net.write()
         model = open_net(self.caffe, deploy_path, weights, [blob], self.config.gpu)
-        source = LmdbSource(self.data_dir(cell.seed) / "test_lmdb")
+        source = LmdbSource(self.data_dir() / "test_lmdb")
         extract_checked(model, deploy_path, weights, source, [blob],
                         self.transform(method, cell), out,
                         allow_small=self.config.crop is not None)
@@ -441,7 +478,7 @@ class Pipeline:
         from liftedstruct.features import preprocess
 
         cell = self.cells[0]
-        source = LmdbSource(self.data_dir(cell.seed) / "test_lmdb")
+        source = LmdbSource(self.data_dir() / "test_lmdb")
         transform = self.transform(self.config.methods[0], cell)
         ids, labels, rows = [], [], []
         for key, label, image in source.read(0):
@@ -489,7 +526,7 @@ class Pipeline:
     def report(self) -> bool:
         results = self.results
         config, cell = self.config, self.cells[0]
-        manifest = json.loads((self.data_dir(cell.seed) / "manifest.json").read_text())
+        manifest = json.loads((self.data_dir() / "manifest.json").read_text())
         note = self.data_note(manifest)
         if config.sweep:
             written = write_sweep_report(results, self.baseline_name(), config.dataset,
@@ -498,7 +535,7 @@ class Pipeline:
             features = {name: self.features_path(name) for name in self.names()}
             written = write_report(results, config.dataset, cell.embedding,
                                    self.out / "report", features,
-                                   self.data_dir(cell.seed) / "test_lmdb",
+                                   self.data_dir() / "test_lmdb",
                                    seed=cell.seed, note=note)
         print((self.out / "report" / "report.md").read_text())
         for path in written.values():

@@ -66,10 +66,11 @@ def check_result(scores, source: str) -> dict:
 
 
 def resume_note(results: dict[str, dict]) -> str:
-    """One line naming every resumed stage of every method ('' when none):
-    a training resumed from a solverstate does not repeat the uninterrupted
-    run bit for bit, since Caffe's solverstate keeps neither the data
-    reader's position nor the random state (crops, mirrors)."""
+    """One line naming every resumed stage of every method ('' when none),
+    for information: a training resumed from a solverstate is the run it
+    resumes (docs/BATCHES.md: batch k and iteration k's random draws depend
+    on the seed and k alone, and the solverstate's fingerprint of the
+    training LMDB is checked before the resume)."""
     parts = []
     for method, scores in results.items():
         stages = [f"{r['stage']} from iteration {r['iteration']}"
@@ -78,9 +79,9 @@ def resume_note(results: dict[str, dict]) -> str:
             parts.append(f"{method} ({', '.join(stages)})")
     if not parts:
         return ""
-    return ("Resumed after an interruption: " + "; ".join(parts) + ". Training resumed "
-            "from a solverstate restarts the data reader and the random state (Caffe "
-            "keeps neither), so these numbers can differ from an uninterrupted run's")
+    return ("Resumed after an interruption: " + "; ".join(parts) + ". A training "
+            "resumed from a solverstate forms the same batches and random draws as an "
+            "uninterrupted run (docs/BATCHES.md)")
 
 
 def recall_keys(scores: dict) -> list[str]:

@@ -2,7 +2,11 @@
 there is one, with a progress bar fed by the log's loss lines. Snapshots are
 checked before they are trusted (a kill or a full disk while Caffe writes one
 leaves it truncated): an incomplete one is removed, never resumed from, and a
-full disk is named as such."""
+full disk is named as such. A resume is the run it resumes (docs/BATCHES.md:
+batch k and iteration k's random draws depend on the seed and k alone) as
+long as the training LMDB is the one the snapshot was trained on: a
+solverstate that records its fingerprint (data_fingerprint, patch 0014) is
+not resumed on an LMDB whose fingerprint differs."""
 
 from __future__ import annotations
 
@@ -71,6 +75,28 @@ def solverstate_problem(state_path: Path, iteration: int,
     return None
 
 
+def check_data_fingerprint(state_path: Path, train_lmdb: Path) -> None:
+    """PipelineError when the solverstate records the fingerprint of the
+    training LMDB it was trained on (data_fingerprint) and train_lmdb's
+    differs; a solverstate without it (or a Caffe whose SolverState has no
+    such field) is not checked."""
+    from liftedstruct.lmdbio import caffe_pb2, fingerprint
+
+    state = caffe_pb2().SolverState()
+    if "data_fingerprint" not in state.DESCRIPTOR.fields_by_name:
+        return
+    state.ParseFromString(state_path.read_bytes())
+    if not state.HasField("data_fingerprint"):
+        return
+    found = fingerprint(train_lmdb)
+    if state.data_fingerprint != found:
+        raise PipelineError(f"{state_path} was trained on another training LMDB than "
+                            f"{train_lmdb} (fingerprint {state.data_fingerprint:#018x} "
+                            f"there, {found:#018x} now): the training LMDB changed since "
+                            "this snapshot was written; restore that LMDB, or delete the "
+                            f"snapshots in {state_path.parent} to train from the start")
+
+
 def remove_snapshot(model_or_state: Path) -> None:
     """Both files of one snapshot."""
     stem = model_or_state.with_suffix("")
@@ -111,11 +137,14 @@ def check_space(folder: Path, needed: int, what: str) -> None:
 def caffe_train(solver: Path, final: Path, max_iter: int, log_path: Path, name: str,
                 params: dict[str, list[int]], snapshot_every: int,
                 weights: Path | None = None, gpu: int | None = None,
-                on_resume: Callable[[int], None] | None = None) -> Path:
+                on_resume: Callable[[int], None] | None = None,
+                train_lmdb: Path | None = None) -> Path:
     """Train until `final` (the last snapshot) exists and is complete; resume
     from the latest complete solverstate beside it (telling on_resume its
     iteration first), else start from weights (or from scratch). `params`:
-    the net's learnable layers and blob sizes, to check snapshots with."""
+    the net's learnable layers and blob sizes, to check snapshots with;
+    train_lmdb: the net's training LMDB, checked against the fingerprint a
+    solverstate records before resuming from it."""
     folder = final.parent
     if final.exists():
         problem = snapshot_problem(final, params)
@@ -128,6 +157,8 @@ def caffe_train(solver: Path, final: Path, max_iter: int, log_path: Path, name: 
     latest = latest_solverstate(folder, params, name)
     if latest is not None:
         state, start = latest
+        if train_lmdb is not None:
+            check_data_fingerprint(state, train_lmdb)
         cmd.append(f"-snapshot={state}")
         print(f"  {name}: resuming from {state.name}", flush=True)
         if on_resume is not None:

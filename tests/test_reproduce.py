@@ -265,19 +265,21 @@ def test_digits_sweep_every_method_at_every_size_and_seed(caffe, tmp_path):
             assert features.shape == (896, size), name
             assert (out / "scores" / f"{name}.json").is_file()
             assert (out / "logs" / f"train_e{size}_s{seed}_{method}.log").is_file()
-            # A seed's batches and solver, the same at every size.
+            # A seed's batches and solver, the same at every size: one
+            # train_lmdb, the batches from the solver's random_seed.
             folder = out / "train" / f"e{size}_s{seed}" / method
             assert prototxt_field(folder / "train_val.prototxt", "source")[0] == str(
-                out / "data" / f"s{seed}" / f"train_{method}_lmdb")
+                out / "data" / "train_lmdb")
+            assert prototxt_field(folder / "train_val.prototxt", "max_tuples") == ["3000"]
             assert prototxt_field(folder / "solver.prototxt", "random_seed") == [str(seed)]
             assert prototxt_field(folder / "solver.prototxt", "max_iter") == ["40"]
             assert prototxt_field(folder / "train_val.prototxt", "num_output")[-1] == str(size)
-    # The seeds' batches differ, their test sets do not; the baseline is
-    # extracted and scored once.
-    s0, s1 = out / "data" / "s0", out / "data" / "s1"
-    assert read_labels(s0 / "train_contrastive_lmdb") != read_labels(
-        s1 / "train_contrastive_lmdb")
-    assert (s0 / "test_index.tsv").read_text() == (s1 / "test_index.tsv").read_text()
+    # Every seed reads the one prepared data/, each image once; the baseline
+    # is extracted and scored once.
+    assert not list((out / "data").glob("s[0-9]*")) and not list(
+        (out / "data").glob("train_*_lmdb"))
+    assert len(read_labels(out / "data" / "train_lmdb")) == len(
+        (out / "data" / "train_index.tsv").read_text().splitlines()) - 1
     assert [p.name for p in (out / "features").glob("**/raw.npz")] == ["raw.npz"]
     assert results["raw"]["embedding"] is None and results["raw"]["seed"] == 0
     report = (out / "report" / "report.md").read_text()
@@ -315,3 +317,32 @@ def test_digits_sweep_every_method_at_every_size_and_seed(caffe, tmp_path):
     other = reproduce(*args[:-3], "--seeds", "0", "1", "2")
     assert other.returncode == 2 and "seed 0 1 there, 0 1 2 now" in other.stderr
     assert "embedding" not in other.stderr.split("settings or weights")[1]
+
+
+def test_training_lmdb_must_match_its_index(caffe, tmp_path):
+    """Before training: train_lmdb against train_index.tsv, both named."""
+    from types import SimpleNamespace
+
+    from liftedstruct.lmdbio import make_datum, write_lmdb
+
+    data = tmp_path / "data"
+    data.mkdir()
+    labels = [0, 0, 1, 1, 2, 2]
+    write_lmdb(data / "train_lmdb", (make_datum(b"x", y, 4, True) for y in labels),
+               len(labels), "train_lmdb", 1 << 22)
+    run = SimpleNamespace(data_dir=lambda: data)
+
+    def index(rows: list[int]) -> None:
+        (data / "train_index.tsv").write_text("key\tlabel\tpath\n" + "".join(
+            f"{i:09d}\t{y}\timage{i}.jpg\n" for i, y in enumerate(rows)))
+
+    index(labels)
+    Pipeline.check_training_data(run)
+    index(labels[:-1])
+    with pytest.raises(PipelineError, match="train_lmdb holds 6 records but .*"
+                                            "train_index.tsv lists 5"):
+        Pipeline.check_training_data(run)
+    index([0, 0, 1, 2, 2, 2])
+    with pytest.raises(PipelineError, match="train_lmdb record 000000003 has label 1 but "
+                                            ".*train_index.tsv lists 2"):
+        Pipeline.check_training_data(run)

@@ -99,3 +99,64 @@ def test_a_full_disk_is_named(caffe, tmp_path, monkeypatch):
                                           r"\(5 snapshot\(s\)\) needs about"):
         train(tmp_path / "b")
     assert not list((tmp_path / "b").glob("snap_*"))
+
+
+class FakeSolverState:
+    """A SolverState whose data_fingerprint is the file's text (empty: unset)."""
+
+    class DESCRIPTOR:  # noqa: N801 (protobuf's name)
+        fields_by_name = {"data_fingerprint": None}
+
+    def ParseFromString(self, data: bytes) -> None:  # noqa: N802
+        self.data_fingerprint = int(data) if data else None
+
+    def HasField(self, name: str) -> bool:  # noqa: N802
+        return self.data_fingerprint is not None
+
+
+class OldSolverState(FakeSolverState):
+    class DESCRIPTOR:  # noqa: N801
+        fields_by_name: dict = {}
+
+
+def test_a_resume_on_a_changed_training_lmdb_is_refused(tmp_path, monkeypatch):
+    """Without pycaffe: the check's logic on a stand-in SolverState."""
+    from types import SimpleNamespace
+
+    from liftedstruct import lmdbio
+    from liftedstruct.errors import PipelineError
+
+    lmdb_path = tmp_path / "train_lmdb"
+    lmdbio.write_lmdb(lmdb_path, iter([b"a", b"b"]), 2, "train", 1 << 20)
+    state = tmp_path / "snap_iter_10.solverstate"
+    pb2 = SimpleNamespace(SolverState=FakeSolverState)
+    monkeypatch.setattr(lmdbio, "caffe_pb2", lambda: pb2)
+    state.write_text(str(lmdbio.fingerprint(lmdb_path)))
+    training.check_data_fingerprint(state, lmdb_path)  # the same LMDB
+    state.write_text("")  # a snapshot written before the field existed
+    training.check_data_fingerprint(state, lmdb_path)
+    state.write_text(str(lmdbio.fingerprint(lmdb_path) ^ 1))
+    with pytest.raises(PipelineError, match=f"{state}.*{lmdb_path}.*the training LMDB "
+                                            "changed since this snapshot was written"):
+        training.check_data_fingerprint(state, lmdb_path)
+    pb2.SolverState = OldSolverState  # a pycaffe without the field: no check
+    training.check_data_fingerprint(state, lmdb_path)
+
+
+@pytest.mark.metric_batch
+def test_data_fingerprint_in_a_real_solverstate(caffe, tmp_path):
+    from liftedstruct import lmdbio
+    from liftedstruct.errors import PipelineError
+
+    lmdb_path = tmp_path / "train_lmdb"
+    lmdbio.write_lmdb(lmdb_path, iter([b"a", b"b"]), 2, "train", 1 << 20)
+    state = lmdbio.caffe_pb2().SolverState()
+    assert "data_fingerprint" in state.DESCRIPTOR.fields_by_name, "rebuild Caffe (0014)"
+    state.iter = 10
+    state.data_fingerprint = lmdbio.fingerprint(lmdb_path)
+    path = tmp_path / "snap_iter_10.solverstate"
+    path.write_bytes(state.SerializeToString())
+    training.check_data_fingerprint(path, lmdb_path)
+    lmdbio.write_lmdb(lmdb_path, iter([b"b", b"a"]), 2, "train", 1 << 20)
+    with pytest.raises(PipelineError, match="the training LMDB changed"):
+        training.check_data_fingerprint(path, lmdb_path)

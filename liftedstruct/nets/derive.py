@@ -1,5 +1,7 @@
 """A run's own copies of the nets and solver: the template's settings with
-the run's LMDBs, input size, batch, iterations, seed and device."""
+the run's LMDBs, input size, batch, cap on the tuples, iterations, seed and
+device. The run trains on the unique layout (train_lmdb, the MetricBatchData
+layer); the seed reaches the batches through the solver's random_seed."""
 
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ class RunNet:
     dataset: str
     method: str
     embedding: int
-    data_dir: Path  # the prepared LMDBs
+    data_dir: Path  # the prepared LMDBs: train_lmdb (unique layout) and test_lmdb
     folder: Path  # where the derived files and snapshots go
-    seed: int = 0
+    seed: int = 0  # the solver's random_seed, and so the batches'
+    max_tuples: int | None = None  # cap on an epoch's pairs (or triplets); None: all
+    epochs: str = "fixed"
     iterations: int | None = None
     crop: int | None = None  # reduced input for quick checks
     batch: int | None = None
@@ -38,9 +42,10 @@ class RunNet:
             base = demo_config(self.method, self.dataset, self.embedding)
         else:
             base = paper_config(self.dataset, self.method, self.embedding)
-        return replace(base, train_source=str(self.data_dir / f"train_{self.method}_lmdb"),
+        return replace(base, train_source=str(self.data_dir / "train_lmdb"),
                        test_source=str(self.data_dir / "test_lmdb"),
-                       crop=self.crop or base.crop, batch=self.batch or base.batch)
+                       crop=self.crop or base.crop, batch=self.batch or base.batch,
+                       layout="unique", max_tuples=self.max_tuples, epochs=self.epochs)
 
     def solver_config(self) -> SolverConfig:
         net, prefix = str(self.folder / "train_val.prototxt"), str(self.folder / "snap")
