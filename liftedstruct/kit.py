@@ -52,7 +52,8 @@ PML_SHA256 = "d51646006dc87168f00cf954785db133a4c5aac81253877248737aa42ef6432a"
 # The training fixture: generated pictures in Online Products' format through
 # tools/prepare_dataset.py's code path; 256 training classes of 4 images,
 # 128 test classes of 4 (512 test images, 4 batches of 128).
-FIXTURE = {"train_classes": 256, "test_classes": 128, "per_class": 4, "max_pairs": 768}
+FIXTURE = {"train_classes": 256, "test_classes": 128, "per_class": 4, "max_pairs": 768,
+           "layout": "unique"}
 # Iterations and log interval of the check's training: the committed solver's
 # display (20) on the GPU; on the CPU a shorter run logged as often.
 TRAIN_ITERATIONS = {"gpu": 100, "cpu": 24}
@@ -174,9 +175,10 @@ def write_nets(kit: Path) -> None:
     )
 
     header = HEADER.replace("tools/make_prototxt.py", "tools/gpu_kit.py")
-    # The kit times and trains through Caffe's Data layer: the ordered layout.
-    paper = replace(paper_config("sop", "lifted", 512, layout="ordered"),
-                    train_source="fixture/train_lifted_lmdb", test_source="fixture/test_lmdb")
+    # The committed SOP net (MetricBatchData on the unique layout's train_lmdb);
+    # the data-timing net reads the same LMDB through Caffe's Data layer.
+    paper = replace(paper_config("sop", "lifted", 512),
+                    train_source="fixture/train_lmdb", test_source="fixture/test_lmdb")
     for mode in ("gpu", "cpu"):
         config = paper if mode == "gpu" else replace(paper, crop=CPU_CROP)
         folder = kit / "nets" / mode
@@ -203,7 +205,7 @@ def write_nets(kit: Path) -> None:
 
 def fixture_data(work: Path) -> Path:
     """Online Products-format pictures through prepare_dataset's code path
-    (lifted training order, test split), in build/kit-fixture (made once)."""
+    (the unique training LMDB, test split), in build/kit-fixture (made once)."""
     from liftedstruct.datasets import get_source
     from liftedstruct.datasets.prepare import PrepareOptions, prepare
     from liftedstruct.datasets.synthetic import write_online_products
@@ -218,7 +220,7 @@ def fixture_data(work: Path) -> Path:
     root = write_online_products(download, FIXTURE["train_classes"],
                                  FIXTURE["test_classes"], FIXTURE["per_class"])
     options = PrepareOptions(methods=("lifted",), max_pairs=FIXTURE["max_pairs"],
-                             count_check=False, layout="ordered")
+                             count_check=False, layout=FIXTURE["layout"])
     prepare(get_source("sop"), root, out, options)
     shutil.rmtree(out / "sop", ignore_errors=True)  # the extracted download
     stamp.write_text(json.dumps(FIXTURE))
@@ -231,7 +233,7 @@ def copy_fixture(prepared: Path, kit: Path) -> None:
 
     folder = kit / "fixture"
     folder.mkdir()
-    for name in ("train_lifted_lmdb", "test_lmdb"):
+    for name in ("train_lmdb", "test_lmdb"):
         (folder / name).mkdir()
         with lmdb.open(str(prepared / name), readonly=True, lock=False) as env:
             env.copy(str(folder / name), compact=True)

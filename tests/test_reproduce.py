@@ -51,6 +51,7 @@ def reproduce(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.metric_batch
 @pytest.mark.slow
 def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     out = tmp_path / "digits"
@@ -125,6 +126,7 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     assert "max_pairs 3000 there, 2000 now" in other.stderr, other.stderr
 
 
+@pytest.mark.metric_batch
 @pytest.mark.slow
 def test_cub_fixture_random_googlenet_all_stages(caffe, bvlc_googlenet_deploy, tmp_path):
     raw = make_cub(tmp_path / "raw", classes=(1, 2, 3, 4, 101, 102, 103), per_class=5)
@@ -246,6 +248,7 @@ def prototxt_field(path: Path, field: str) -> list[str]:
             if line.strip().startswith(f"{field}:")]
 
 
+@pytest.mark.metric_batch
 @pytest.mark.slow
 def test_digits_sweep_every_method_at_every_size_and_seed(caffe, tmp_path):
     out = tmp_path / "sweep"

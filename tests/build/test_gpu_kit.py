@@ -49,7 +49,7 @@ def test_archive_holds_the_kit(archive):
     for name in ("run.sh", "steps.sh", "env.sh", "peers.py", "kit.env", "manifest.json",
                  "nets/gpu/train_val.prototxt", "nets/gpu/solver.prototxt",
                  "nets/gpu/time.prototxt", "nets/cpu/solver.prototxt",
-                 "nets/data_layer.prototxt", "fixture/train_lifted_lmdb/data.mdb",
+                 "nets/data_layer.prototxt", "fixture/train_lmdb/data.mdb",
                  "fixture/test_lmdb/data.mdb", "fixture/test_batches",
                  f"wheels/{kit_module.PML_WHEEL}", "share/caffe/src/caffe/test/test_data"):
         assert f"gpu-kit/{name}" in names, name
@@ -89,7 +89,7 @@ def test_kit_nets_are_the_committed_ones(kit):
     committed = lines(REPO_ROOT / "prototxt" / "sop" / "train_val.prototxt")
     derived = lines(kit / "nets" / "gpu" / "train_val.prototxt")
     changed = [(a, b) for a, b in zip(committed, derived, strict=True) if a != b]
-    assert [b.strip() for _, b in changed] == ['source: "fixture/train_lifted_lmdb"',
+    assert [b.strip() for _, b in changed] == ['source: "fixture/train_lmdb"',
                                                'source: "fixture/test_lmdb"']
     committed = lines(REPO_ROOT / "prototxt" / "solver_sop.prototxt")
     derived = lines(kit / "nets" / "gpu" / "solver.prototxt")
@@ -123,6 +123,7 @@ def failed_steps(out: Path) -> str:
     return "\n".join(text)
 
 
+@pytest.mark.metric_batch
 def test_cpu_check_passes(cpu_check):
     result, out = cpu_check
     assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-1500:] + (

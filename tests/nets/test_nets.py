@@ -68,7 +68,8 @@ def check_paper_settings(dataset, method, embedding, net, solver, layout="unique
         assert param.epochs == param.FIXED and param.max_tuples == 0
         assert not param.HasField("seed")  # the solver's random_seed
     else:
-        assert train.type == "Data" and not train.HasField("metric_batch_param")
+        assert train.type == "Data"
+        assert "metric_batch_param" not in {field.name for field, _ in train.ListFields()}
         assert train.data_param.source == f"data/lmdb/{dataset}/train_{method}_lmdb"
     assert train.data_param.batch_size == (120 if method == "triplet" else 128)
     assert train.transform_param.crop_size == test.transform_param.crop_size == 227
@@ -100,6 +101,7 @@ def check_paper_settings(dataset, method, embedding, net, solver, layout="unique
                                       f"{dataset}_{method}_{embedding}")
 
 
+@pytest.mark.metric_batch
 @pytest.mark.parametrize("dataset", PAPER_DATASETS)
 def test_every_configuration_has_the_papers_settings(caffe, dataset):
     for method in METHODS:
@@ -215,6 +217,7 @@ def test_finetuning_copies_every_googlenet_layer(caffe, bvlc_googlenet_deploy, t
     np.testing.assert_array_equal(ours.params["fc_embedding"][0].data, before)
 
 
+@pytest.mark.metric_batch
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.slow
 def test_caffe_train_each_method_reduced(caffe, tiny_cub, bvlc_googlenet_deploy, tmp_path,
@@ -233,6 +236,7 @@ def test_caffe_train_each_method_reduced(caffe, tiny_cub, bvlc_googlenet_deploy,
     assert net.final_snapshot.exists()
 
 
+@pytest.mark.metric_batch
 @pytest.mark.slow
 def test_readme_training_command_in_a_fresh_clone(caffe, bvlc_googlenet_deploy, tmp_path):
     """`caffe train -solver prototxt/solver_cub.prototxt` as the README says,
