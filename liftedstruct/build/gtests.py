@@ -19,6 +19,7 @@ GTESTS = (
     GTest("lifted_struct_similarity_softmax_loss_layer", ("LiftedStructSimilaritySoftmaxLoss",)),
     GTest("triplet_loss_layer", ("TripletLoss",)),
     GTest("parallel_data_layer", ("ParallelDataLayer",)),
+    GTest("metric_batch_data_layer", ("MetricBatchDataLayer",)),
     # Caffe's own, for the layers and solvers the nets use.
     GTest("contrastive_loss_layer", ("ContrastiveLoss",)),
     GTest("inner_product_layer", ("InnerProduct",)),

@@ -134,16 +134,13 @@ void LiftedStructSimilaritySoftmaxLossLayer<Dtype>::Backward_cpu(
   }
   caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasNoTrans, num, dim, num, Dtype(-1),
       grad_dist, x, Dtype(1), bottom_diff);
-  // Near-duplicate pairs from their differences, pair by pair (the CUDA
-  // kernel's LiftedNearGradient sums the same terms element by element).
+  // Near-duplicate pairs from their differences, as the CUDA kernel adds
+  // them (only rows with a near pair).
   for (int i = 0; i < num; ++i) {
     if (row_near[i] == Dtype(0)) { continue; }
-    for (int j = 0; j < num; ++j) {
-      const Dtype w = grad_near[i * num + j];
-      if (w == Dtype(0)) { continue; }
-      for (int c = 0; c < dim; ++c) {
-        bottom_diff[i * dim + c] += w * (x[i * dim + c] - x[j * dim + c]);
-      }
+    for (int c = 0; c < dim; ++c) {
+      bottom_diff[i * dim + c] +=
+          LiftedNearGradient(i, c, num, dim, grad_near, x);
     }
   }
 }
