@@ -13,16 +13,7 @@ import lmdb
 from tqdm import tqdm
 
 from liftedstruct.errors import LmdbError, OutputError
-
-
-def caffe_pb2():
-    """pycaffe's protobuf module (Datum, NetParameter, ...)."""
-    from liftedstruct.paths import import_caffe
-
-    import_caffe()
-    from caffe.proto import caffe_pb2 as module
-
-    return module
+from liftedstruct.paths import caffe_pb2
 
 
 def make_datum(payload: bytes, label: int, size: int, encoded: bool) -> bytes:
@@ -117,8 +108,3 @@ def read_datums(path: Path, keys: Iterable[str] | None = None) -> Iterator:
                         value, f"{path} record {key!r}", pb2)
     finally:
         env.close()
-
-
-def read_labels(path: Path) -> list[int]:
-    """Labels of every record in key order (for checks and tools)."""
-    return [datum.label for _, datum in read_datums(path)]

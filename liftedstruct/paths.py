@@ -46,6 +46,14 @@ def import_caffe(quiet: bool = True) -> ModuleType:
     return caffe
 
 
+def caffe_pb2() -> ModuleType:
+    """pycaffe's protobuf module (Datum, NetParameter, SolverState, ...)."""
+    import_caffe()
+    from caffe.proto import caffe_pb2 as module
+
+    return module
+
+
 def caffe_cpu_only() -> bool | None:
     """Whether the install is a CPU-only build, from the CaffeConfig.cmake
     that Caffe's CMake install writes (None when there is none)."""

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from liftedstruct import metrics
-from liftedstruct.cli import check_methods
+from liftedstruct.choices import check_dataset, check_embedding, check_methods
 from liftedstruct.constants import (
     BATCH,
     DEMO_DATASETS,
@@ -107,7 +107,7 @@ class RunConfig:
     seeds: tuple[int, ...] = (0,)
     max_pairs: int | None = None
     cluster: str = metrics.KMEANS
-    kmeans: str = "faiss"
+    kmeans: str = metrics.KMEANS_BACKEND
     # Reduced input for quick checks on fixtures (the committed nets use 256/227).
     image_size: int | None = None
     crop: int | None = None
@@ -115,8 +115,7 @@ class RunConfig:
     count_check: bool = True
 
     def __post_init__(self):
-        if self.dataset not in SOURCES:
-            raise PipelineError(f"--dataset {self.dataset}: one of {', '.join(SOURCES)}")
+        check_dataset(self.dataset, SOURCES, PipelineError)
         check_methods(self.methods, PipelineError)
         demo = self.dataset in DEMO_DATASETS
         self.embeddings = tuple(sorted(self.embeddings)) or (
@@ -129,12 +128,7 @@ class RunConfig:
             if twice:
                 raise PipelineError(f"{option}: {' '.join(map(str, twice))} given twice")
         for size in self.embeddings:
-            # The demo net is built for any size; the paper's nets come in four.
-            if demo and size < 1:
-                raise PipelineError(f"--embedding {size}: must be at least 1")
-            if not demo and size not in EMBEDDINGS:
-                raise PipelineError(f"--embedding {size}: the nets for {self.dataset} "
-                                    f"have {', '.join(map(str, EMBEDDINGS))}")
+            check_embedding(size, self.dataset, PipelineError)
         for seed in self.seeds:
             if seed < 0:
                 raise PipelineError(f"--seeds {seed}: a seed is at least 0")

@@ -129,3 +129,10 @@ def make_sop(root: Path, train_classes: int = 5, test_classes: int = 5,
             handle.write(path, path.relative_to(root))
     shutil.rmtree(root)
     return zip_path
+
+
+def read_labels(path: Path) -> list[int]:
+    """Labels of every record of an LMDB of Datums, in key order."""
+    from liftedstruct.lmdbio import read_datums
+
+    return [datum.label for _, datum in read_datums(path)]

@@ -13,9 +13,9 @@ import lmdb
 import numpy as np
 import pytest
 
+from fixtures import read_labels as read_lmdb_labels
 from liftedstruct import features
 from liftedstruct.errors import ExtractionError
-from liftedstruct.lmdbio import read_labels as read_lmdb_labels
 from liftedstruct.paths import REPO_ROOT, caffe_cpu_only
 
 TOOLS = REPO_ROOT / "tools"

@@ -138,7 +138,7 @@ def report_cli(*args):
 
 
 def test_report_cli_refuses_bad_inputs_before_drawing(caffe, tiny_cub, tmp_path):
-    from liftedstruct.lmdbio import read_labels
+    from fixtures import read_labels
 
     labels = np.array(read_labels(tiny_cub / "test_lmdb"))
     ids = np.array([f"{i:09d}" for i in range(len(labels))])

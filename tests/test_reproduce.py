@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures import make_cub
+from fixtures import make_cub, read_labels
 from liftedstruct.constants import DEMO_EMBEDDINGS, EMBEDDINGS, HEADLINE_EMBEDDING, METHODS
 from liftedstruct.errors import PipelineError, WeightsError
 from liftedstruct.features import stored_key
 from liftedstruct.files import file_digest
-from liftedstruct.lmdbio import read_labels
 from liftedstruct.paths import REPO_ROOT, caffe_cpu_only
 from liftedstruct.pipeline import DEMO_MAX_PAIRS, Cell, Pipeline, RunConfig, sweep_sizes
 from liftedstruct.training import training_losses
@@ -65,7 +64,7 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     for figure in ("recall_at_k.png", "tsne_lifted.png", "retrieval_lifted.png",
                    "retrieval_raw.png", "report.md", "report.json"):
         assert (out / "report" / figure).stat().st_size > 0
-    losses = [loss for _, loss in training_losses(out / "logs" / "train_lifted.log")]
+    losses = [loss for _, loss in training_losses((out / "logs" / "train_lifted.log").read_text())]
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
     # Interrupted twice: after the lifted net's iteration-20 snapshot, while

@@ -34,7 +34,7 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from tqdm import tqdm
 
 from liftedstruct import cli
-from liftedstruct.constants import BATCH
+from liftedstruct.constants import BATCH, IMAGE_SIZE
 from liftedstruct.data_timing import THREADS_ENV, time_data_layer
 from liftedstruct.datasets import Item
 from liftedstruct.datasets.sop import Sop
@@ -69,7 +69,7 @@ def make_lmdbs(work: Path, images: int, workers: int) -> dict[str, dict]:
     items = [Item(name, index % 1000, sources / name) for index, name in enumerate(names)]
     made = {}
     for encoding in ENCODINGS:
-        fmt = ImageFormat(size=256, encoding=encoding)
+        fmt = ImageFormat(size=IMAGE_SIZE, encoding=encoding)
         payloads = [payload for payload, _ in process_images(items, fmt, workers, encoding)]
         path = work / f"{encoding}_lmdb"
         write_lmdb(path, (make_datum(p, item.label, fmt.size, encoding != "raw")

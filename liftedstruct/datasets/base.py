@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from liftedstruct.constants import IMAGE_SIZE
 from liftedstruct.errors import DatasetError
 from liftedstruct.files import (
     UnsafeArchiveError,
@@ -72,7 +73,7 @@ class DatasetSource:
     name: ClassVar[str]
     # (train images, test images, train classes, test classes) as published.
     counts: ClassVar[tuple[int, int, int, int] | None] = None
-    image_size: ClassVar[int] = 256
+    image_size: ClassVar[int] = IMAGE_SIZE
     encoding: ClassVar[str] = "jpg"  # of the datums: photos as JPEG, line art as PNG
     needs_root: ClassVar[bool] = True
     download: ClassVar[str] = ""  # what to download, for messages

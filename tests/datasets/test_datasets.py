@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fixtures import make_cars196, make_cub, make_sop, write_image
+from fixtures import read_labels as read_lmdb_labels
 from liftedstruct.datasets import get_source, layouts
 from liftedstruct.datasets.prepare import PrepareOptions
 from liftedstruct.datasets.prepare import prepare as prepare_source
@@ -22,7 +23,6 @@ from liftedstruct.errors import DatasetError, FolderLockedError, OutputError
 from liftedstruct.files import file_digest, locked_folder
 from liftedstruct.images import datum_image
 from liftedstruct.lmdbio import read_datums
-from liftedstruct.lmdbio import read_labels as read_lmdb_labels
 from liftedstruct.paths import REPO_ROOT
 
 TOOLS = REPO_ROOT / "tools"

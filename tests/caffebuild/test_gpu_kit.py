@@ -17,8 +17,8 @@ import lmdb
 import numpy as np
 import pytest
 
-from liftedstruct import kit as kit_module
 from liftedstruct import metrics
+from liftedstruct.caffebuild import kit as kit_module
 from liftedstruct.files import safe_extract_tar
 from liftedstruct.paths import REPO_ROOT, caffe_root
 

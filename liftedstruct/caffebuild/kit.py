@@ -22,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from liftedstruct import __version__
-from liftedstruct.build import gtests
-from liftedstruct.build.cmake import BuildOptions, build, installed_options
-from liftedstruct.build.source import BUILD_DIR, log, run
+from liftedstruct.caffebuild import gtests
+from liftedstruct.caffebuild.cmake import BuildOptions, build, installed_options
+from liftedstruct.caffebuild.source import BUILD_DIR, log, run
 from liftedstruct.errors import BuildError
 from liftedstruct.files import atomic_path, file_digest
 from liftedstruct.paths import REPO_ROOT
@@ -71,13 +71,6 @@ def elf_files(folder: Path) -> list[Path]:
     return files
 
 
-def soname(path: Path) -> str:
-    out = subprocess.run(["objdump", "-p", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    match = re.search(r"^\s*SONAME\s+(\S+)", out, re.M)
-    return match.group(1) if match else path.name
-
-
 def dependencies(binary: Path, library_path: str) -> dict[str, str | None]:
     """ldd's closure of binary: soname -> resolved path (None: not found)."""
     env = dict(os.environ, LD_LIBRARY_PATH=library_path)
@@ -98,7 +91,7 @@ def cuda_library_path(options: dict) -> str:
     """Where the build's CUDA libraries are, for ldd."""
     if not options.get("cuda"):
         return ""
-    from liftedstruct.build import cuda
+    from liftedstruct.caffebuild import cuda
 
     root = cuda.toolkit(options.get("cuda_from_wheels", False))
     return str(root / "lib64")
@@ -358,9 +351,4 @@ def make_kit(out: Path, from_prefix: Path | None, compression: str, jobs: int | 
         raise BuildError(f"{archive} is {size / 2**20:.1f} MiB, over the "
                          f"{MAX_ARCHIVE_BYTES >> 20} MiB a GPU machine takes in one call")
     return archive
-
-
-def archive_members(archive: Path) -> list[str]:
-    with tarfile.open(archive) as tar:
-        return tar.getnames()
 
