@@ -5,7 +5,6 @@ named as such)."""
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import lmdb
 from tqdm import tqdm
 
 from liftedstruct.errors import LmdbError, OutputError
+from liftedstruct.files import atomic_folder
 from liftedstruct.paths import caffe_pb2
 
 
@@ -37,31 +37,25 @@ def write_lmdb(path: Path, records: Iterable[bytes], total: int, desc: str,
                map_size: int) -> None:
     """Write records under keys 000000000, 000000001, ... to path.partial,
     then rename to path: the prototxt never sees a half-written LMDB."""
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    env = lmdb.open(str(tmp), map_size=map_size, subdir=True, meminit=False)
-    txn = env.begin(write=True)
-    try:
-        for position, value in enumerate(tqdm(records, total=total, desc=desc,
-                                              unit="rec")):
-            txn.put(f"{position:09d}".encode(), value)
-            if position % 2000 == 1999:
-                txn.commit()
-                txn = env.begin(write=True)
-        txn.commit()
-    except BaseException as error:
-        txn.abort()
-        env.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, lmdb.DiskError):
-            raise OutputError(f"disk full writing {tmp} ({error}); free some space and "
-                              "run the same command again") from error
-        raise
-    env.close()
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    with atomic_folder(path) as tmp:
+        env = lmdb.open(str(tmp), map_size=map_size, subdir=True, meminit=False)
+        txn = env.begin(write=True)
+        try:
+            for position, value in enumerate(tqdm(records, total=total, desc=desc,
+                                                  unit="rec")):
+                txn.put(f"{position:09d}".encode(), value)
+                if position % 2000 == 1999:
+                    txn.commit()
+                    txn = env.begin(write=True)
+            txn.commit()
+        except BaseException as error:
+            txn.abort()
+            if isinstance(error, lmdb.DiskError):
+                raise OutputError(f"disk full writing {tmp} ({error}); free some space "
+                                  "and run the same command again") from error
+            raise
+        finally:
+            env.close()
 
 
 def open_lmdb(path: Path, what: str = "") -> lmdb.Environment:

@@ -26,7 +26,7 @@ from liftedstruct.caffebuild import gtests
 from liftedstruct.caffebuild.cmake import BuildOptions, build, installed_options
 from liftedstruct.caffebuild.source import BUILD_DIR, log, run
 from liftedstruct.errors import BuildError
-from liftedstruct.files import atomic_path, file_digest
+from liftedstruct.files import atomic_path, file_digest, make_once, replace_folder
 from liftedstruct.paths import REPO_ROOT
 
 SCRIPTS = REPO_ROOT / "gpu-kit"
@@ -201,19 +201,16 @@ def fixture_data(work: Path) -> Path:
     from liftedstruct.datasets.synthetic import write_online_products
 
     out = BUILD_DIR / "kit-fixture"
-    stamp = out / "fixture.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == FIXTURE:
-        return out
-    if out.exists():
-        shutil.rmtree(out)
-    download = work / "download"
-    root = write_online_products(download, FIXTURE["train_classes"],
-                                 FIXTURE["test_classes"], FIXTURE["per_class"])
-    options = PrepareOptions(methods=("lifted",), max_pairs=FIXTURE["max_pairs"],
-                             count_check=False)
-    prepare(get_source("sop"), root, out, options)
-    shutil.rmtree(out / "sop", ignore_errors=True)  # the extracted download
-    stamp.write_text(json.dumps(FIXTURE))
+
+    def make(folder: Path) -> None:
+        root = write_online_products(work / "download", FIXTURE["train_classes"],
+                                     FIXTURE["test_classes"], FIXTURE["per_class"])
+        options = PrepareOptions(methods=("lifted",), max_pairs=FIXTURE["max_pairs"],
+                                 count_check=False)
+        prepare(get_source("sop"), root, folder, options)
+        shutil.rmtree(folder / "sop", ignore_errors=True)  # the extracted download
+
+    make_once(out, "fixture.json", FIXTURE, make)
     return out
 
 
@@ -338,9 +335,7 @@ def make_kit(out: Path, from_prefix: Path | None, compression: str, jobs: int | 
         kit = stage(prefix, recorded, Path(tmp))
         if compression == "none":
             dest = out / KIT_NAME
-            if dest.exists():
-                shutil.rmtree(dest)
-            kit.rename(dest)
+            replace_folder(kit, dest)
             log(f"kit folder {dest}")
             return dest
         archive = out / f"{ARCHIVE}.{compression}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liftedstruct.errors import BuildError
-from liftedstruct.files import atomic_path, file_digest, safe_extract_tar
+from liftedstruct.files import atomic_folder, atomic_path, file_digest, make_once, safe_extract_tar
 from liftedstruct.paths import REPO_ROOT
 
 
@@ -134,24 +134,14 @@ def caffe_tree_root(directory: Path) -> Path:
 
 def extract_tarball(tarball: Path, dest: Path) -> Path:
     """Extract into a temporary folder, rename into place, return dest."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-    try:
+    with atomic_folder(dest) as tmp:
         safe_extract_tar(tarball, tmp)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
 def extract_once(tarball: Path, sha256: str, dest: Path) -> Path:
     """dest holds tarball (whose digest is sha256) extracted; done once."""
-    stamp = dest / ".extracted-from"
-    if not (stamp.exists() and stamp.read_text() == sha256):
-        extract_tarball(tarball, dest)
-        stamp.write_text(sha256)
+    make_once(dest, ".extracted-from", sha256, lambda tmp: safe_extract_tar(tarball, tmp))
     return dest
 
 
