@@ -56,7 +56,8 @@ from liftedstruct.files import atomic_write_text, check_writable, file_digest, l
 from liftedstruct.nets.derive import RunNet
 from liftedstruct.nets.template import deploy
 from liftedstruct.paths import check_gpu, import_caffe
-from liftedstruct.report import write_report, write_sweep_report
+from liftedstruct.run_report import write_report
+from liftedstruct.sweep_report import write_sweep_report
 from liftedstruct.training import caffe_train, snapshot_problem
 from liftedstruct.weights import DEFAULT_PATH as GOOGLENET_WEIGHTS
 from liftedstruct.weights import check_fit, net_parameters
