@@ -41,6 +41,8 @@ BVLC_COMMIT_PREFIX = "99bd997"
 
 LAYERS_DIR = REPO_ROOT / "caffe_layers"
 PATCHES_DIR = LAYERS_DIR / "patches"
+# The folders of caffe_layers/ copied over Caffe's tree (docs/BUILD.md names them).
+OVERLAY = ("include", "src", "tools")
 BUILD_DIR = REPO_ROOT / "build"
 
 
@@ -210,7 +212,7 @@ def prepare_tree(pristine: Path, work: Path) -> None:
             if result.returncode != 0:
                 raise BuildError(f"{patch.name} does not apply:\n{result.stdout}"
                                  f"{result.stderr}")
-        for sub in ("include", "src", "tools"):
+        for sub in OVERLAY:
             for path in tree_files(LAYERS_DIR / sub):
                 dest = staged / path.relative_to(LAYERS_DIR)
                 dest.parent.mkdir(parents=True, exist_ok=True)
