@@ -41,7 +41,7 @@ from liftedstruct.datasets.sop import Sop
 from liftedstruct.images import ImageFormat, process_images, write_synthetic_jpegs
 from liftedstruct.lmdbio import make_datum, write_lmdb
 from liftedstruct.nets.template import data_timing_net
-from liftedstruct.paths import caffe_root
+from liftedstruct.paths import caffe_root_label
 
 ENCODINGS = ("jpg", "raw")
 
@@ -210,7 +210,7 @@ def main() -> int:
                         for t in args.threads}}
     summary = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
                "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-               "caffe_root": str(caffe_root()),
+               "caffe_root": caffe_root_label(),
                "mode": "GPU" if args.gpu is not None else "CPU",
                "stock": f"{THREADS_ENV}=1: Caffe's own loop in the prefetch thread",
                "transform": "TRAIN: crop 227, mirror, mean 104/117/123",
