@@ -9,6 +9,14 @@ KIT=${KIT:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
 # shellcheck source=/dev/null
 . "$KIT/kit.env"
 
+# A JSON string of its argument (run.sh and steps.sh write their figures with it).
+json_str() {
+  printf '%s' "$1" | awk 'BEGIN { ORS = ""; print "\"" }
+    { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/[[:cntrl:]]/, "")
+      if (NR > 1) print "\\n"; print }
+    END { print "\"" }'
+}
+
 # Folders that may hold CUDA libraries, most specific first: LD_LIBRARY_PATH,
 # $CUDA_HOME, /usr/local/cuda*, the nvidia/*/lib folders of Python
 # site-packages (PyTorch's CUDA wheels), the driver's folders.

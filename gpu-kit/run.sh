@@ -46,14 +46,6 @@ trap cleanup EXIT
 # caller's glog settings, Caffe logs everything to the step's log.
 export KIT_MODE WORK LOGS GLOG_logtostderr=1 GLOG_minloglevel=0
 
-# A JSON string of its argument.
-json_str() {
-  printf '%s' "$1" | awk 'BEGIN { ORS = ""; print "\"" }
-    { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/[[:cntrl:]]/, "")
-      if (NR > 1) print "\\n"; print }
-    END { print "\"" }'
-}
-
 STEP_JSON=()
 FAILED=0
 SUMMARY=""

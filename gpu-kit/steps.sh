@@ -11,12 +11,6 @@ fig() { echo "\"$1\": $2" >> "$FIG"; }
 reason() { fig reason "$(json_str "$1")"; }
 skip() { reason "$1"; exit 77; }
 fail() { reason "$1"; exit 1; }
-json_str() {
-  printf '%s' "$1" | awk 'BEGIN { ORS = ""; print "\"" }
-    { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/[[:cntrl:]]/, "")
-      if (NR > 1) print "\\n"; print }
-    END { print "\"" }'
-}
 gpu_only() { [ "$KIT_MODE" = gpu ] || skip "needs a GPU (--cpu run)"; }
 # The mode's nets: nets/gpu (the committed SOP net and solver) or nets/cpu
 # (the same net on 64x64 crops, for a CPU run in minutes).

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from liftedstruct.constants import METHODS
 from liftedstruct.errors import LiftedError
 from liftedstruct.files import atomic_write_text, is_disk_full
 
@@ -47,14 +46,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
     return value
-
-
-def check_methods(methods: tuple[str, ...], error: type[LiftedError]) -> None:
-    """--methods: at least one, each a loss this project trains."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; "
-                    f"choose from {', '.join(METHODS)}")
 
 
 def write_json(path: Path | None, data: dict) -> None:

@@ -20,8 +20,8 @@ from liftedstruct.errors import ExtractionError
 from liftedstruct.featurefile import feature_key, save_features
 from liftedstruct.files import atomic_write_text, file_digest
 from liftedstruct.images import datum_image, read_image
-from liftedstruct.lmdbio import caffe_pb2, open_lmdb, parse_datum
-from liftedstruct.paths import use_device
+from liftedstruct.lmdbio import open_lmdb, parse_datum
+from liftedstruct.paths import caffe_pb2, use_device
 from liftedstruct.weights import check_fit, net_parameters, upstream_layers
 
 CHUNK = 1024  # images per resumable part

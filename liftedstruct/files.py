@@ -6,11 +6,13 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import posixpath
+import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from liftedstruct.errors import FolderLockedError, OutputError, UnsafeArchiveError
@@ -44,6 +46,62 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def replace_folder(finished: Path, dest: Path) -> None:
+    """Put the finished folder in dest's place (what was there is removed)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    finished.rename(dest)
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: Path, suffix: str = ".partial") -> Iterator[Path]:
+    """An empty folder beside dest (dest's name + suffix) to write into;
+    it replaces dest when the block ends and is removed if the block raises:
+    readers never see half a folder."""
+    tmp = dest.with_name(dest.name + suffix)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, dest)
+
+
+def stamp_matches(dest: Path, stamp: str, key: str | dict) -> bool:
+    """Whether dest/stamp records key: the text itself for a string key,
+    JSON for a dict."""
+    try:
+        text = (dest / stamp).read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if isinstance(key, str):
+        return text == key
+    try:
+        return json.loads(text) == key
+    except ValueError:
+        return False
+
+
+def make_once(dest: Path, stamp: str, key: str | dict,
+              make: Callable[[Path], None]) -> bool:
+    """dest made by make(folder) once per key: nothing is done when
+    dest/stamp records key; otherwise what was at dest is removed first, make
+    fills a temporary folder, the stamp is written into it and the folder
+    renamed to dest (atomic_folder). Returns whether dest was made."""
+    if stamp_matches(dest, stamp, key):
+        return False
+    if dest.exists():
+        shutil.rmtree(dest)
+    with atomic_folder(dest) as tmp:
+        make(tmp)
+        (tmp / stamp).write_text(key if isinstance(key, str) else
+                                 json.dumps(key, indent=2) + "\n")
+    return True
 
 
 def inside(name: str) -> bool:

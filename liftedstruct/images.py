@@ -12,13 +12,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from liftedstruct.constants import IMAGE_SIZE
+
 if TYPE_CHECKING:
     from liftedstruct.datasets.base import Item
 
 
 @dataclass(frozen=True)
 class ImageFormat:
-    size: int = 256
+    size: int = IMAGE_SIZE
     encoding: str = "jpg"  # "jpg", "png", or "raw" for uint8 datums
     quality: int = 95
 

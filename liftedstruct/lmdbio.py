@@ -5,7 +5,6 @@ named as such)."""
 from __future__ import annotations
 
 import math
-import shutil
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -14,16 +13,8 @@ import lmdb
 from tqdm import tqdm
 
 from liftedstruct.errors import LmdbError, OutputError
-
-
-def caffe_pb2():
-    """pycaffe's protobuf module (Datum, NetParameter, ...)."""
-    from liftedstruct.paths import import_caffe
-
-    import_caffe()
-    from caffe.proto import caffe_pb2 as module
-
-    return module
+from liftedstruct.files import atomic_folder
+from liftedstruct.paths import caffe_pb2
 
 
 def make_datum(payload: bytes, label: int, size: int, encoded: bool) -> bytes:
@@ -47,31 +38,25 @@ def write_lmdb(path: Path, records: Iterable[bytes], total: int, desc: str,
                map_size: int) -> None:
     """Write records under keys 000000000, 000000001, ... to path.partial,
     then rename to path: the prototxt never sees a half-written LMDB."""
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    env = lmdb.open(str(tmp), map_size=map_size, subdir=True, meminit=False)
-    txn = env.begin(write=True)
-    try:
-        for position, value in enumerate(tqdm(records, total=total, desc=desc,
-                                              unit="rec")):
-            txn.put(f"{position:09d}".encode(), value)
-            if position % 2000 == 1999:
-                txn.commit()
-                txn = env.begin(write=True)
-        txn.commit()
-    except BaseException as error:
-        txn.abort()
-        env.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, lmdb.DiskError):
-            raise OutputError(f"disk full writing {tmp} ({error}); free some space and "
-                              "run the same command again") from error
-        raise
-    env.close()
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    with atomic_folder(path) as tmp:
+        env = lmdb.open(str(tmp), map_size=map_size, subdir=True, meminit=False)
+        txn = env.begin(write=True)
+        try:
+            for position, value in enumerate(tqdm(records, total=total, desc=desc,
+                                                  unit="rec")):
+                txn.put(f"{position:09d}".encode(), value)
+                if position % 2000 == 1999:
+                    txn.commit()
+                    txn = env.begin(write=True)
+            txn.commit()
+        except BaseException as error:
+            txn.abort()
+            if isinstance(error, lmdb.DiskError):
+                raise OutputError(f"disk full writing {tmp} ({error}); free some space "
+                                  "and run the same command again") from error
+            raise
+        finally:
+            env.close()
 
 
 def open_lmdb(path: Path, what: str = "") -> lmdb.Environment:
@@ -121,7 +106,7 @@ def read_datums(path: Path, keys: Iterable[str] | None = None) -> Iterator:
 
 
 def read_labels(path: Path) -> list[int]:
-    """Labels of every record in key order (for checks and tools)."""
+    """Labels of every record in key order."""
     return [datum.label for _, datum in read_datums(path)]
 
 

@@ -19,7 +19,9 @@ from sklearn.metrics import normalized_mutual_info_score
 from liftedstruct.errors import ScoringError
 from liftedstruct.featurefile import check_features
 
-KMEANS_BACKENDS = ("faiss", "sklearn")
+# The k-means implementations; the first, faiss, is the default everywhere.
+KMEANS_BACKEND = "faiss"
+KMEANS_BACKENDS = (KMEANS_BACKEND, "sklearn")
 # The clusterings NMI and F1 are scored on: k-means (later literature) or
 # affinity propagation (the paper's).
 KMEANS, AP = "kmeans", "ap"
@@ -196,7 +198,7 @@ def nmi(clusters: np.ndarray, labels: np.ndarray) -> float:
 
 
 def kmeans_clusters(features: np.ndarray, n_clusters: int, seed: int = 0,
-                    backend: str = "faiss") -> np.ndarray:
+                    backend: str = KMEANS_BACKEND) -> np.ndarray:
     """k-means with a fixed seed, by one named algorithm whatever the size:
     faiss (20 iterations from random centroids, as pytorch-metric-learning's
     accuracy calculator) or scikit-learn (k-means++, up to 300 iterations)."""
@@ -285,7 +287,7 @@ class Scores:
 
 def score(features: np.ndarray, labels: np.ndarray, ks: Sequence[int],
           cluster: str = KMEANS, seed: int = 0, source: str = "input",
-          kmeans: str = "faiss") -> Scores:
+          kmeans: str = KMEANS_BACKEND) -> Scores:
     """Every score of the paper (and MAP@R) for one embedding, from features
     centred and scaled first (check_features), so that a common shift or
     scale of the features changes no score. `clustering` in the result names

@@ -21,6 +21,14 @@ def caffe_root() -> Path:
     return Path(os.environ.get("CAFFE_ROOT", REPO_ROOT / "build" / "caffe")).resolve()
 
 
+def caffe_root_label() -> str:
+    """The Caffe install as a result file records it: its path inside this
+    checkout (build/caffe), else $CAFFE_ROOT; never a machine's folder."""
+    root = caffe_root()
+    return str(root.relative_to(REPO_ROOT)) if root.is_relative_to(REPO_ROOT) \
+        else "$CAFFE_ROOT"
+
+
 def caffe_binary(name: str = "caffe") -> Path:
     """A program of the Caffe install (caffe, test.testbin, convert_imageset)."""
     path = caffe_root() / "bin" / name
@@ -44,6 +52,14 @@ def import_caffe(quiet: bool = True) -> ModuleType:
         raise CaffeMissingError(f"{python_dir}: pycaffe does not import ({error}); "
                                 "rebuild with tools/setup.sh") from error
     return caffe
+
+
+def caffe_pb2() -> ModuleType:
+    """pycaffe's protobuf module (Datum, NetParameter, SolverState, ...)."""
+    import_caffe()
+    from caffe.proto import caffe_pb2 as module
+
+    return module
 
 
 def caffe_cpu_only() -> bool | None:

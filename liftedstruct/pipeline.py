@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from liftedstruct import metrics
-from liftedstruct.cli import check_methods
+from liftedstruct.choices import check_dataset, check_embedding, check_methods
 from liftedstruct.constants import (
     BATCH,
     DEMO_DATASETS,
@@ -59,7 +59,8 @@ from liftedstruct.files import atomic_write_text, check_writable, file_digest, l
 from liftedstruct.nets.derive import RunNet
 from liftedstruct.nets.template import deploy
 from liftedstruct.paths import check_gpu, import_caffe
-from liftedstruct.report import write_report, write_sweep_report
+from liftedstruct.run_report import write_report
+from liftedstruct.sweep_report import write_sweep_report
 from liftedstruct.training import caffe_train, snapshot_problem
 from liftedstruct.weights import DEFAULT_PATH as GOOGLENET_WEIGHTS
 from liftedstruct.weights import check_fit, net_parameters
@@ -111,7 +112,7 @@ class RunConfig:
     seeds: tuple[int, ...] = (0,)
     max_pairs: int | None = None
     cluster: str = metrics.KMEANS
-    kmeans: str = "faiss"
+    kmeans: str = metrics.KMEANS_BACKEND
     # Reduced input for quick checks on fixtures (the committed nets use 256/227).
     image_size: int | None = None
     crop: int | None = None
@@ -119,8 +120,7 @@ class RunConfig:
     count_check: bool = True
 
     def __post_init__(self):
-        if self.dataset not in SOURCES:
-            raise PipelineError(f"--dataset {self.dataset}: one of {', '.join(SOURCES)}")
+        check_dataset(self.dataset, SOURCES, PipelineError)
         check_methods(self.methods, PipelineError)
         demo = self.dataset in DEMO_DATASETS
         self.embeddings = tuple(sorted(self.embeddings)) or (
@@ -133,12 +133,7 @@ class RunConfig:
             if twice:
                 raise PipelineError(f"{option}: {' '.join(map(str, twice))} given twice")
         for size in self.embeddings:
-            # The demo net is built for any size; the paper's nets come in four.
-            if demo and size < 1:
-                raise PipelineError(f"--embedding {size}: must be at least 1")
-            if not demo and size not in EMBEDDINGS:
-                raise PipelineError(f"--embedding {size}: the nets for {self.dataset} "
-                                    f"have {', '.join(map(str, EMBEDDINGS))}")
+            check_embedding(size, self.dataset, PipelineError)
         for seed in self.seeds:
             if seed < 0:
                 raise PipelineError(f"--seeds {seed}: a seed is at least 0")

@@ -53,7 +53,7 @@ def solverstate_problem(state_path: Path, iteration: int,
     .caffemodel, and that .caffemodel must be complete."""
     from google.protobuf.message import DecodeError
 
-    from liftedstruct.lmdbio import caffe_pb2
+    from liftedstruct.paths import caffe_pb2
 
     state = caffe_pb2().SolverState()
     try:
@@ -80,7 +80,8 @@ def check_data_fingerprint(state_path: Path, train_lmdb: Path) -> None:
     training LMDB it was trained on (data_fingerprint) and train_lmdb's
     differs; a solverstate without it (or a Caffe whose SolverState has no
     such field) is not checked."""
-    from liftedstruct.lmdbio import caffe_pb2, fingerprint
+    from liftedstruct.lmdbio import fingerprint
+    from liftedstruct.paths import caffe_pb2
 
     state = caffe_pb2().SolverState()
     if "data_fingerprint" not in state.DESCRIPTOR.fields_by_name:
@@ -212,6 +213,6 @@ def caffe_train(solver: Path, final: Path, max_iter: int, log_path: Path, name: 
     raise PipelineError(f"training {name} failed ({what}); log: {log_path}\n{tail}")
 
 
-def training_losses(log: Path) -> list[tuple[int, float]]:
-    """(iteration, loss) pairs of a caffe train log."""
-    return [(int(i), float(v)) for i, v in LOSS_LINE.findall(log.read_text())]
+def training_losses(log: str) -> list[tuple[int, float]]:
+    """(iteration, loss) pairs of a caffe train log's text."""
+    return [(int(i), float(v)) for i, v in LOSS_LINE.findall(log)]

@@ -89,7 +89,7 @@ def trained_layers(path: Path) -> dict[str, list[int]]:
     """Each layer of a .caffemodel that holds weights: its blobs' sizes."""
     from google.protobuf.message import DecodeError
 
-    from liftedstruct.lmdbio import caffe_pb2
+    from liftedstruct.paths import caffe_pb2
 
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from liftedstruct.build.source import BUILD_DIR, LAYERS_DIR, run
+from liftedstruct.caffebuild.source import BUILD_DIR, LAYERS_DIR, run
 from liftedstruct.errors import BuildError
 
 

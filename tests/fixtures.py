@@ -129,3 +129,4 @@ def make_sop(root: Path, train_classes: int = 5, test_classes: int = 5,
             handle.write(path, path.relative_to(root))
     shutil.rmtree(root)
     return zip_path
+

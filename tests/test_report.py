@@ -13,20 +13,22 @@ from matplotlib.collections import PolyCollection
 
 from liftedstruct.errors import LiftedError
 from liftedstruct.paths import REPO_ROOT
-from liftedstruct.report import (
+from liftedstruct.run_report import (
     PAPER_RESULTS,
     check_result,
     comparison,
-    lead_summary,
-    leads,
     markdown_table,
     published,
     retrieval_rows,
+    write_report,
+)
+from liftedstruct.sweep_report import (
+    lead_summary,
+    leads,
     sweep_figure,
     sweep_markdown,
     sweep_runs,
     sweep_table,
-    write_report,
     write_sweep_report,
 )
 

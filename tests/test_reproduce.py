@@ -66,7 +66,7 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     for figure in ("recall_at_k.png", "tsne_lifted.png", "retrieval_lifted.png",
                    "retrieval_raw.png", "report.md", "report.json"):
         assert (out / "report" / figure).stat().st_size > 0
-    losses = [loss for _, loss in training_losses(out / "logs" / "train_lifted.log")]
+    losses = [loss for _, loss in training_losses((out / "logs" / "train_lifted.log").read_text())]
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
     # Interrupted twice: after the lifted net's iteration-20 snapshot, while

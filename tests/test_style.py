@@ -18,9 +18,9 @@ def test_ruff_clean():
 
 
 def test_ruff_lints_every_package_module_and_no_build_output():
-    """The lint exclusions are anchored at the root: Caffe's build tree
-    (build/) is left out, the package's own build modules (liftedstruct/
-    build/) are not, even where .gitignore is not read (a Docker context)."""
+    """Caffe's build tree (build/) and the environment are left out of the
+    lint, every package module is in it, even where .gitignore is not read
+    (a Docker context)."""
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--show-files",
                              "--no-respect-gitignore", str(ROOT)],
                             capture_output=True, text=True)
@@ -28,7 +28,5 @@ def test_ruff_lints_every_package_module_and_no_build_output():
     listed = {Path(line).resolve() for line in result.stdout.splitlines() if line.strip()}
     package = set((ROOT / "liftedstruct").rglob("*.py"))
     assert package and package <= listed, sorted(map(str, package - listed))
-    assert any(p.parent.name == "build" and p.parent.parent.name == "liftedstruct"
-               for p in listed)
     for folder in ("build", ".venv"):
         assert not any(p.is_relative_to(ROOT / folder) for p in listed), folder

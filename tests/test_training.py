@@ -123,14 +123,14 @@ def test_a_resume_on_a_changed_training_lmdb_is_refused(tmp_path, monkeypatch):
     """Without pycaffe: the check's logic on a stand-in SolverState."""
     from types import SimpleNamespace
 
-    from liftedstruct import lmdbio
+    from liftedstruct import lmdbio, paths
     from liftedstruct.errors import PipelineError
 
     lmdb_path = tmp_path / "train_lmdb"
     lmdbio.write_lmdb(lmdb_path, iter([b"a", b"b"]), 2, "train", 1 << 20)
     state = tmp_path / "snap_iter_10.solverstate"
     pb2 = SimpleNamespace(SolverState=FakeSolverState)
-    monkeypatch.setattr(lmdbio, "caffe_pb2", lambda: pb2)
+    monkeypatch.setattr(paths, "caffe_pb2", lambda: pb2)
     state.write_text(str(lmdbio.fingerprint(lmdb_path)))
     training.check_data_fingerprint(state, lmdb_path)  # the same LMDB
     state.write_text("")  # a snapshot written before the field existed
@@ -145,12 +145,12 @@ def test_a_resume_on_a_changed_training_lmdb_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.metric_batch
 def test_data_fingerprint_in_a_real_solverstate(caffe, tmp_path):
-    from liftedstruct import lmdbio
+    from liftedstruct import lmdbio, paths
     from liftedstruct.errors import PipelineError
 
     lmdb_path = tmp_path / "train_lmdb"
     lmdbio.write_lmdb(lmdb_path, iter([b"a", b"b"]), 2, "train", 1 << 20)
-    state = lmdbio.caffe_pb2().SolverState()
+    state = paths.caffe_pb2().SolverState()
     assert "data_fingerprint" in state.DESCRIPTOR.fields_by_name, "rebuild Caffe (0014)"
     state.iter = 10
     state.data_fingerprint = lmdbio.fingerprint(lmdb_path)

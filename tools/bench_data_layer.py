@@ -34,14 +34,14 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from tqdm import tqdm
 
 from liftedstruct import cli
-from liftedstruct.constants import BATCH
+from liftedstruct.constants import BATCH, IMAGE_SIZE
 from liftedstruct.data_timing import THREADS_ENV, time_data_layer
 from liftedstruct.datasets import Item
 from liftedstruct.datasets.sop import Sop
 from liftedstruct.images import ImageFormat, process_images, write_synthetic_jpegs
 from liftedstruct.lmdbio import make_datum, write_lmdb
 from liftedstruct.nets.template import data_timing_net
-from liftedstruct.paths import caffe_root
+from liftedstruct.paths import caffe_root_label
 
 ENCODINGS = ("jpg", "raw")
 
@@ -69,7 +69,7 @@ def make_lmdbs(work: Path, images: int, workers: int) -> dict[str, dict]:
     items = [Item(name, index % 1000, sources / name) for index, name in enumerate(names)]
     made = {}
     for encoding in ENCODINGS:
-        fmt = ImageFormat(size=256, encoding=encoding)
+        fmt = ImageFormat(size=IMAGE_SIZE, encoding=encoding)
         payloads = [payload for payload, _ in process_images(items, fmt, workers, encoding)]
         path = work / f"{encoding}_lmdb"
         write_lmdb(path, (make_datum(p, item.label, fmt.size, encoding != "raw")
@@ -210,7 +210,7 @@ def main() -> int:
                         for t in args.threads}}
     summary = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
                "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-               "caffe_root": str(caffe_root()),
+               "caffe_root": caffe_root_label(),
                "mode": "GPU" if args.gpu is not None else "CPU",
                "stock": f"{THREADS_ENV}=1: Caffe's own loop in the prefetch thread",
                "transform": "TRAIN: crop 227, mirror, mean 104/117/123",

@@ -29,7 +29,7 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 import numpy as np
 
 from liftedstruct import cli
-from liftedstruct.paths import caffe_root, import_caffe
+from liftedstruct.paths import caffe_root, caffe_root_label, import_caffe
 from liftedstruct.reference import lifted_loss_and_gradient
 
 NET = """force_backward: true
@@ -139,7 +139,7 @@ def main() -> int:
     if args.instructions:
         for kind in KINDS:
             results[kind]["instructions"] = count_instructions(kind, args)
-    summary = {"caffe_root": str(caffe_root()), "pairs": args.pairs, "dim": args.dim,
+    summary = {"caffe_root": caffe_root_label(), "pairs": args.pairs, "dim": args.dim,
                "repeats": args.repeats, "device": "CPU",
                "machine": platform.processor() or platform.machine(), "results": results}
     print(f"lifted layer, batch {2 * args.pairs} x {args.dim}, CPU, {caffe_root()}")

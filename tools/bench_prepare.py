@@ -16,6 +16,7 @@ from pathlib import Path
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
 from liftedstruct import cli
+from liftedstruct.constants import IMAGE_SIZE
 from liftedstruct.datasets import Item
 from liftedstruct.images import ImageFormat, process_images, write_synthetic_jpegs
 from liftedstruct.lmdbio import make_datum, write_lmdb
@@ -23,7 +24,7 @@ from liftedstruct.paths import caffe_binary
 
 
 def ours(folder: Path, names: list[str], out: Path, workers: int) -> float:
-    fmt = ImageFormat(size=256, encoding="jpg")
+    fmt = ImageFormat(size=IMAGE_SIZE, encoding="jpg")
     start = time.perf_counter()
     items = [Item(name, 0, folder / name) for name in names]
     results = process_images(items, fmt, workers, "ours")
@@ -35,8 +36,8 @@ def ours(folder: Path, names: list[str], out: Path, workers: int) -> float:
 def convert_imageset(folder: Path, names: list[str], out: Path) -> float:
     listing = folder / "list.txt"
     listing.write_text("".join(f"{name} 0\n" for name in names))
-    cmd = [str(caffe_binary("convert_imageset")), "--resize_height=256",
-           "--resize_width=256", "--encoded", "--encode_type=jpg", "--backend=lmdb",
+    cmd = [str(caffe_binary("convert_imageset")), f"--resize_height={IMAGE_SIZE}",
+           f"--resize_width={IMAGE_SIZE}", "--encoded", "--encode_type=jpg", "--backend=lmdb",
            f"{folder}/", str(listing), str(out)]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ,
@@ -64,7 +65,8 @@ def main() -> int:
               "convert_imageset_images_per_s": args.count / caffe_seconds,
               "ours_images_per_s": args.count / our_seconds,
               "speedup": caffe_seconds / our_seconds}
-    print(f"{args.count} JPEGs of {args.width}x{args.height} -> 256x256 JPEG datums in LMDB")
+    print(f"{args.count} JPEGs of {args.width}x{args.height} -> {IMAGE_SIZE}x{IMAGE_SIZE} JPEG "
+          "datums in LMDB")
     print(f"convert_imageset: {result['convert_imageset_images_per_s']:.0f} images/s")
     print(f"ours ({args.workers} workers): {result['ours_images_per_s']:.0f} images/s")
     print(f"speedup: {result['speedup']:.2f}x")

@@ -9,7 +9,7 @@ from pathlib import Path
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
 from liftedstruct import cli
-from liftedstruct.build.cmake import BuildOptions, build
+from liftedstruct.caffebuild.cmake import BuildOptions, build
 
 
 def main() -> int:

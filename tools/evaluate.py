@@ -16,7 +16,7 @@ from liftedstruct import cli
 from liftedstruct.constants import RECALL_K
 from liftedstruct.featurefile import load_features
 from liftedstruct.files import check_not_input, check_writable
-from liftedstruct.metrics import CLUSTERINGS, KMEANS, KMEANS_BACKENDS, score
+from liftedstruct.metrics import CLUSTERINGS, KMEANS, KMEANS_BACKEND, KMEANS_BACKENDS, score
 
 
 def print_table(scores: dict, source: str) -> None:
@@ -39,8 +39,9 @@ def main() -> int:
     parser.add_argument("--cluster", choices=CLUSTERINGS, default=KMEANS,
                         help="kmeans (later literature) or ap (the paper's "
                              "affinity propagation)")
-    parser.add_argument("--kmeans", choices=KMEANS_BACKENDS, default="faiss",
-                        help="k-means algorithm, the same at every size (default: faiss)")
+    parser.add_argument("--kmeans", choices=KMEANS_BACKENDS, default=KMEANS_BACKEND,
+                        help="k-means algorithm, the same at every size (default: "
+                             f"{KMEANS_BACKEND})")
     parser.add_argument("--blob", help="score features_<blob> from a multi-blob file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the scores here")

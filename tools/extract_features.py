@@ -16,7 +16,7 @@ from pathlib import Path
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
 from liftedstruct import cli
-from liftedstruct.constants import IMAGENET_MEAN_BGR
+from liftedstruct.constants import IMAGE_SIZE, IMAGENET_MEAN_BGR
 from liftedstruct.errors import ExtractionError
 from liftedstruct.features import (
     ImageListSource,
@@ -37,8 +37,8 @@ def main() -> int:
     source.add_argument("--lmdb", type=Path, help="test LMDB from prepare_dataset.py")
     source.add_argument("--images", type=Path, help="'path label' list of image files")
     parser.add_argument("--image-root", type=Path, help="folder the --images paths are in")
-    parser.add_argument("--resize", type=cli.positive_int, default=256,
-                        help="--images resize (256)")
+    parser.add_argument("--resize", type=cli.positive_int, default=IMAGE_SIZE,
+                        help=f"--images resize ({IMAGE_SIZE})")
     parser.add_argument("--blobs", nargs="+", default=["fc_embedding"])
     parser.add_argument("--out", type=Path, required=True, help="output .npz")
     parser.add_argument("--train-val", type=Path,

@@ -17,7 +17,7 @@ from pathlib import Path
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
 from liftedstruct import cli
-from liftedstruct.kit import make_kit
+from liftedstruct.caffebuild.kit import make_kit
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
 from liftedstruct import cli
-from liftedstruct.constants import EMBEDDINGS, METHODS, PAPER_DATASETS
+from liftedstruct.constants import BATCH, EMBEDDINGS, METHODS, PAPER_DATASETS
 from liftedstruct.files import check_writable
 from liftedstruct.nets.template import LAYOUTS, data_timing_net
 from liftedstruct.nets.zoo import check_committed, committed_files, net_files, write_files
@@ -44,8 +44,8 @@ def main() -> int:
                              "(train_<method>_lmdb, Caffe's Data layer)")
     parser.add_argument("--data-timing", type=Path, metavar="LMDB",
                         help="write OUT/data_timing.prototxt: the Data layer alone on LMDB")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=128,
-                        help="batch of the --data-timing net (default 128)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=BATCH["lifted"],
+                        help=f"batch of the --data-timing net (default {BATCH['lifted']})")
     args = parser.parse_args()
     if args.data_timing:
         if args.out is None or args.check or args.dataset or args.method or args.embedding:

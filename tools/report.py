@@ -15,7 +15,7 @@ from liftedstruct import cli
 from liftedstruct.datasets import DATASETS
 from liftedstruct.errors import LiftedError
 from liftedstruct.files import check_writable
-from liftedstruct.report import check_result, write_report
+from liftedstruct.run_report import check_result, write_report
 
 
 def pairs(values: list[str], what: str) -> dict[str, Path]:

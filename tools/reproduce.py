@@ -28,7 +28,7 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from liftedstruct import cli
 from liftedstruct.constants import METHODS
 from liftedstruct.datasets import DATASETS
-from liftedstruct.metrics import CLUSTERINGS, KMEANS, KMEANS_BACKENDS
+from liftedstruct.metrics import CLUSTERINGS, KMEANS, KMEANS_BACKEND, KMEANS_BACKENDS
 from liftedstruct.pipeline import Pipeline, RunConfig, sweep_sizes
 
 
@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--max-pairs", type=int,
                         help="cap the training pairs (demo default: 30000)")
     parser.add_argument("--cluster", choices=CLUSTERINGS, default=KMEANS)
-    parser.add_argument("--kmeans", choices=KMEANS_BACKENDS, default="faiss")
+    parser.add_argument("--kmeans", choices=KMEANS_BACKENDS, default=KMEANS_BACKEND)
     parser.add_argument("--image-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--crop", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)

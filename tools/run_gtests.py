@@ -12,8 +12,8 @@ import sys
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
 from liftedstruct import cli
-from liftedstruct.build.cmake import TEST_WORKDIR, installed_options
-from liftedstruct.build.gtests import gtest_filter
+from liftedstruct.caffebuild.cmake import TEST_WORKDIR, installed_options
+from liftedstruct.caffebuild.gtests import gtest_filter
 from liftedstruct.paths import caffe_binary, caffe_root
 
 

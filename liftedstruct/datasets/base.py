@@ -4,8 +4,6 @@ train and test, plus the helpers the sources share (archives, list files)."""
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 import tarfile
 import zipfile
 import zlib
@@ -16,13 +14,16 @@ from typing import ClassVar
 
 import numpy as np
 
+from liftedstruct.constants import IMAGE_SIZE
 from liftedstruct.errors import DatasetError
 from liftedstruct.files import (
     UnsafeArchiveError,
     file_digest,
     inside,
     is_disk_full,
+    make_once,
     safe_extract_tar,
+    stamp_matches,
 )
 
 
@@ -72,7 +73,7 @@ class DatasetSource:
     name: ClassVar[str]
     # (train images, test images, train classes, test classes) as published.
     counts: ClassVar[tuple[int, int, int, int] | None] = None
-    image_size: ClassVar[int] = 256
+    image_size: ClassVar[int] = IMAGE_SIZE
     encoding: ClassVar[str] = "jpg"  # of the datums: photos as JPEG, line art as PNG
     needs_root: ClassVar[bool] = True
     download: ClassVar[str] = ""  # what to download, for messages
@@ -109,39 +110,27 @@ def archive_identity(archive: Path) -> dict:
 def extract_archive(archive: Path, dest: Path) -> tuple[Path, str]:
     """Extract an archive into dest (via a temporary folder), once per
     archive content; returns dest and the archive's sha256."""
-    stamp = dest / ARCHIVE_STAMP
     identity = archive_identity(archive)
-    if stamp.is_file():
-        try:
-            recorded = json.loads(stamp.read_text())
-        except ValueError:
-            recorded = None
-        if recorded == identity:
-            return dest, identity["sha256"]
+    if (dest / ARCHIVE_STAMP).is_file() and not stamp_matches(dest, ARCHIVE_STAMP, identity):
         print(f"{dest}: extracted from another {archive.name} (other content); "
               "extracting again", flush=True)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp = dest.with_name(dest.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    print(f"extracting {archive} to {dest}", flush=True)
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as handle:
-                handle.extractall(tmp)  # zipfile drops absolute paths and ".."
-        else:
-            safe_extract_tar(archive, tmp)
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error,
-            UnsafeArchiveError) as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(error):
-            raise
-        raise DatasetError(f"{archive}: cannot extract ({error}); a truncated "
-                           "download is the usual cause") from error
-    (tmp / ARCHIVE_STAMP).write_text(json.dumps(identity, indent=2) + "\n")
-    tmp.rename(dest)
+
+    def extract(tmp: Path) -> None:
+        print(f"extracting {archive} to {dest}", flush=True)
+        try:
+            if zipfile.is_zipfile(archive):
+                with zipfile.ZipFile(archive) as handle:
+                    handle.extractall(tmp)  # zipfile drops absolute paths and ".."
+            else:
+                safe_extract_tar(archive, tmp)
+        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error,
+                UnsafeArchiveError) as error:
+            if is_disk_full(error):
+                raise
+            raise DatasetError(f"{archive}: cannot extract ({error}); a truncated "
+                               "download is the usual cause") from error
+
+    make_once(dest, ARCHIVE_STAMP, identity, extract)
     return dest, identity["sha256"]
 
 

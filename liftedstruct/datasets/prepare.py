@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from liftedstruct import __version__
-from liftedstruct.cli import check_methods
-from liftedstruct.constants import BATCH, METHODS
+from liftedstruct.choices import check_methods
+from liftedstruct.constants import BATCH, IMAGE_SIZE, METHODS
 from liftedstruct.datasets import layouts
 from liftedstruct.datasets.base import Dataset, DatasetSource, Item
 from liftedstruct.errors import DatasetError
 from liftedstruct.files import atomic_write_text, check_writable, locked_folder
 from liftedstruct.images import ImageFormat, process_images
-from liftedstruct.lmdbio import caffe_pb2, make_datum, record_bytes, write_lmdb
+from liftedstruct.lmdbio import make_datum, record_bytes, write_lmdb
+from liftedstruct.paths import caffe_pb2
 
 ENCODINGS = ("jpg", "png", "raw")
 LAYOUTS = ("unique", "ordered")
@@ -36,7 +37,7 @@ LAYOUTS = ("unique", "ordered")
 
 @dataclass
 class PrepareOptions:
-    size: int = 256
+    size: int = IMAGE_SIZE
     encoding: str = "jpg"
     seed: int = 0
     methods: tuple[str, ...] = METHODS

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from liftedstruct.constants import IMAGE_SIZE
 from liftedstruct.datasets.sop import HEADER
 
 SUPER_CLASSES = ("bicycle", "cabinet", "chair", "coffee_maker", "fan", "kettle",
@@ -46,7 +47,7 @@ def class_picture(class_id: int, image: int, size: int, seed: int) -> np.ndarray
 
 
 def write_online_products(root: Path, train_classes: int, test_classes: int,
-                          per_class: int, size: int = 256, seed: int = 0) -> Path:
+                          per_class: int, size: int = IMAGE_SIZE, seed: int = 0) -> Path:
     """Write root/Stanford_Online_Products/ and return it: train classes
     1..train_classes, test classes after them, per_class images each."""
     base = root / "Stanford_Online_Products"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from liftedstruct.choices import check_dataset, check_embedding, check_method
 from liftedstruct.constants import EMBEDDINGS, HEADLINE_EMBEDDING, METHODS, PAPER_DATASETS
 from liftedstruct.errors import NetError
 from liftedstruct.files import atomic_write_text
@@ -26,13 +27,9 @@ def snapshot_prefix(config: NetConfig) -> str:
 
 
 def check_choice(dataset: str, method: str, embedding: int) -> None:
-    if dataset not in PAPER_DATASETS:
-        raise NetError(f"--dataset {dataset}: one of {', '.join(PAPER_DATASETS)}")
-    if method not in METHODS:
-        raise NetError(f"--method {method}: one of {', '.join(METHODS)}")
-    if embedding not in EMBEDDINGS:
-        raise NetError(f"--embedding {embedding}: the paper's sizes are "
-                       f"{', '.join(map(str, EMBEDDINGS))}")
+    check_dataset(dataset, PAPER_DATASETS, NetError)
+    check_method(method, NetError)
+    check_embedding(embedding, dataset, NetError)
 
 
 def net_files(dataset: str, method: str, embedding: int, folder: str,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from liftedstruct.paths import caffe_binary
-from liftedstruct.training import LOSS_LINE
+from liftedstruct.training import training_losses
 
 
 def write_points_lmdb(caffe, path, points, labels):
@@ -21,10 +21,6 @@ def write_points_lmdb(caffe, path, points, labels):
             datum = caffe.io.array_to_datum(point.reshape(-1, 1, 1), int(label))
             txn.put(f"{index:08d}".encode(), datum.SerializeToString())
     env.close()
-
-
-def training_losses(log: str) -> list[float]:
-    return [float(v) for _, v in LOSS_LINE.findall(log)]
 
 
 @pytest.mark.slow
@@ -60,7 +56,7 @@ snapshot: 60 snapshot_prefix: "{tmp_path / 'new' / 'folder' / 'snap'}"
     result = subprocess.run([str(caffe_binary()), "train", f"-solver={solver}"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    losses = training_losses(result.stderr)
+    losses = [loss for _, loss in training_losses(result.stderr)]
     assert len(losses) >= 100, result.stderr[-3000:]
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert np.isfinite(losses).all()

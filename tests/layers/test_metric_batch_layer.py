@@ -229,7 +229,7 @@ def test_snapshot_records_the_data_fingerprint_and_a_resume_checks_it(caffe, tmp
     run = train(path)
     assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
     state_path = tmp_path / "run" / "snap_iter_40.solverstate"
-    from liftedstruct.lmdbio import caffe_pb2
+    from liftedstruct.paths import caffe_pb2
 
     state = caffe_pb2().SolverState()
     state.ParseFromString(state_path.read_bytes())

@@ -26,7 +26,7 @@ from liftedstruct.errors import NetError
 from liftedstruct.nets import template, zoo
 from liftedstruct.nets.derive import RunNet
 from liftedstruct.paths import REPO_ROOT, caffe_binary
-from liftedstruct.training import LOSS_LINE
+from liftedstruct.training import training_losses
 
 PROTOTXT = REPO_ROOT / "prototxt"
 GLOG = {**os.environ, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}
@@ -231,7 +231,7 @@ def test_caffe_train_each_method_reduced(caffe, tiny_cub, bvlc_googlenet_deploy,
                              f"-weights={weights}"], capture_output=True, text=True,
                             env=GLOG, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    losses = [float(v) for _, v in LOSS_LINE.findall(result.stderr)]
+    losses = [loss for _, loss in training_losses(result.stderr)]
     assert len(losses) >= 3 and np.isfinite(losses).all()
     assert net.final_snapshot.exists()
 
@@ -271,7 +271,7 @@ def test_readme_training_command_in_a_fresh_clone(caffe, bvlc_googlenet_deploy, 
     size = HEADLINE_EMBEDDING["cub"]
     assert (clone / "snapshots" / "cub" / f"lifted_{size}" /
             f"cub_lifted_{size}_iter_1.caffemodel").exists()
-    losses = [float(v) for _, v in LOSS_LINE.findall(result.stderr)]
+    losses = [loss for _, loss in training_losses(result.stderr)]
     assert losses and np.isfinite(losses).all()
     # An explicit -gpu on a CPU build still fails loudly.
     gpu = subprocess.run([str(caffe_program), "train", "-solver",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liftedstruct.errors import BuildError
-from liftedstruct.files import atomic_path, file_digest, safe_extract_tar
+from liftedstruct.files import atomic_folder, atomic_path, file_digest, make_once, safe_extract_tar
 from liftedstruct.paths import REPO_ROOT
 
 
@@ -41,6 +41,8 @@ BVLC_COMMIT_PREFIX = "99bd997"
 
 LAYERS_DIR = REPO_ROOT / "caffe_layers"
 PATCHES_DIR = LAYERS_DIR / "patches"
+# The folders of caffe_layers/ copied over Caffe's tree (docs/BUILD.md names them).
+OVERLAY = ("include", "src", "tools")
 BUILD_DIR = REPO_ROOT / "build"
 
 
@@ -134,24 +136,14 @@ def caffe_tree_root(directory: Path) -> Path:
 
 def extract_tarball(tarball: Path, dest: Path) -> Path:
     """Extract into a temporary folder, rename into place, return dest."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
-    try:
+    with atomic_folder(dest) as tmp:
         safe_extract_tar(tarball, tmp)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
 def extract_once(tarball: Path, sha256: str, dest: Path) -> Path:
     """dest holds tarball (whose digest is sha256) extracted; done once."""
-    stamp = dest / ".extracted-from"
-    if not (stamp.exists() and stamp.read_text() == sha256):
-        extract_tarball(tarball, dest)
-        stamp.write_text(sha256)
+    make_once(dest, ".extracted-from", sha256, lambda tmp: safe_extract_tar(tarball, tmp))
     return dest
 
 
@@ -220,7 +212,7 @@ def prepare_tree(pristine: Path, work: Path) -> None:
             if result.returncode != 0:
                 raise BuildError(f"{patch.name} does not apply:\n{result.stdout}"
                                  f"{result.stderr}")
-        for sub in ("include", "src", "tools"):
+        for sub in OVERLAY:
             for path in tree_files(LAYERS_DIR / sub):
                 dest = staged / path.relative_to(LAYERS_DIR)
                 dest.parent.mkdir(parents=True, exist_ok=True)

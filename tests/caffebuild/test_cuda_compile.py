@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cuda_compile import check_cuda_compile
-from liftedstruct.build.source import LAYERS_DIR
+from liftedstruct.caffebuild.source import LAYERS_DIR
 
 
 @pytest.mark.slow

@@ -22,11 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from liftedstruct import __version__
-from liftedstruct.build import gtests
-from liftedstruct.build.cmake import BuildOptions, build, installed_options
-from liftedstruct.build.source import BUILD_DIR, log, run
+from liftedstruct.caffebuild import gtests
+from liftedstruct.caffebuild.cmake import BuildOptions, build, installed_options
+from liftedstruct.caffebuild.source import BUILD_DIR, log, run
 from liftedstruct.errors import BuildError
-from liftedstruct.files import atomic_path, file_digest
+from liftedstruct.files import atomic_path, file_digest, make_once, replace_folder
 from liftedstruct.paths import REPO_ROOT
 
 SCRIPTS = REPO_ROOT / "gpu-kit"
@@ -72,13 +72,6 @@ def elf_files(folder: Path) -> list[Path]:
     return files
 
 
-def soname(path: Path) -> str:
-    out = subprocess.run(["objdump", "-p", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    match = re.search(r"^\s*SONAME\s+(\S+)", out, re.M)
-    return match.group(1) if match else path.name
-
-
 def dependencies(binary: Path, library_path: str) -> dict[str, str | None]:
     """ldd's closure of binary: soname -> resolved path (None: not found)."""
     env = dict(os.environ, LD_LIBRARY_PATH=library_path)
@@ -99,7 +92,7 @@ def cuda_library_path(options: dict) -> str:
     """Where the build's CUDA libraries are, for ldd."""
     if not options.get("cuda"):
         return ""
-    from liftedstruct.build import cuda
+    from liftedstruct.caffebuild import cuda
 
     root = cuda.toolkit(options.get("cuda_from_wheels", False))
     return str(root / "lib64")
@@ -211,19 +204,17 @@ def fixture_data(work: Path) -> Path:
     from liftedstruct.datasets.synthetic import write_online_products
 
     out = BUILD_DIR / "kit-fixture"
-    stamp = out / "fixture.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == FIXTURE:
-        return out
-    if out.exists():
-        shutil.rmtree(out)
-    download = work / "download"
-    root = write_online_products(download, FIXTURE["train_classes"],
-                                 FIXTURE["test_classes"], FIXTURE["per_class"])
-    options = PrepareOptions(methods=("lifted",), max_pairs=FIXTURE["max_pairs"],
-                             count_check=False, layout=FIXTURE["layout"])
-    prepare(get_source("sop"), root, out, options)
-    shutil.rmtree(out / "sop", ignore_errors=True)  # the extracted download
-    stamp.write_text(json.dumps(FIXTURE))
+
+    def make(folder: Path) -> None:
+        root = write_online_products(work / "download", FIXTURE["train_classes"],
+                                     FIXTURE["test_classes"], FIXTURE["per_class"])
+        options = PrepareOptions(methods=("lifted",), max_pairs=FIXTURE["max_pairs"],
+                                 count_check=False,
+                                 layout=FIXTURE["layout"])
+        prepare(get_source("sop"), root, folder, options)
+        shutil.rmtree(folder / "sop", ignore_errors=True)  # the extracted download
+
+    make_once(out, "fixture.json", FIXTURE, make)
     return out
 
 
@@ -348,9 +339,7 @@ def make_kit(out: Path, from_prefix: Path | None, compression: str, jobs: int | 
         kit = stage(prefix, recorded, Path(tmp))
         if compression == "none":
             dest = out / KIT_NAME
-            if dest.exists():
-                shutil.rmtree(dest)
-            kit.rename(dest)
+            replace_folder(kit, dest)
             log(f"kit folder {dest}")
             return dest
         archive = out / f"{ARCHIVE}.{compression}"
@@ -361,9 +350,4 @@ def make_kit(out: Path, from_prefix: Path | None, compression: str, jobs: int | 
         raise BuildError(f"{archive} is {size / 2**20:.1f} MiB, over the "
                          f"{MAX_ARCHIVE_BYTES >> 20} MiB a GPU machine takes in one call")
     return archive
-
-
-def archive_members(archive: Path) -> list[str]:
-    with tarfile.open(archive) as tar:
-        return tar.getnames()
 

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from liftedstruct.build.source import (
+from liftedstruct.caffebuild.source import (
     BUILD_DIR,
     DebianSource,
     extract_once,

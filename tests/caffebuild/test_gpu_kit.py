@@ -17,8 +17,8 @@ import lmdb
 import numpy as np
 import pytest
 
-from liftedstruct import kit as kit_module
 from liftedstruct import metrics
+from liftedstruct.caffebuild import kit as kit_module
 from liftedstruct.files import safe_extract_tar
 from liftedstruct.paths import REPO_ROOT, caffe_root
 
@@ -198,7 +198,7 @@ def test_train_without_losses_is_a_failure_in_valid_json(kit, tmp_path):
 
 def write_features(path: Path, rows: np.ndarray) -> None:
     """Datums of float_data in extract_features' key format."""
-    from liftedstruct.lmdbio import caffe_pb2
+    from liftedstruct.paths import caffe_pb2
 
     pb2 = caffe_pb2()
     with lmdb.open(str(path), map_size=1 << 26) as env, env.begin(write=True) as txn:

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from liftedstruct.build.source import BUILD_DIR, log, run
+from liftedstruct.caffebuild.source import BUILD_DIR, log, run
 from liftedstruct.errors import BuildError
 from liftedstruct.paths import REPO_ROOT
 
@@ -37,7 +37,7 @@ def toolkit(from_wheels: bool) -> Path:
 def wheel_toolkit() -> Path:
     """pip-install the pinned wheels into build/cuda-wheels and lay them out
     as a toolkit in build/cuda-toolkit."""
-    from liftedstruct.build.wheel_toolkit import assemble_toolkit
+    from liftedstruct.caffebuild.wheel_toolkit import assemble_toolkit
 
     stamp = WHEEL_DIR / ".pins"
     pins = WHEELS_FILE.read_text()

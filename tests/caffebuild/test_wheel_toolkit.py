@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from liftedstruct.build import wheel_toolkit as wt
+from liftedstruct.caffebuild import wheel_toolkit as wt
 
 CORE = [
     "cu13/bin/nvcc",

@@ -12,8 +12,8 @@ import sysconfig
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from liftedstruct.build import cuda, gtests, opencv
-from liftedstruct.build.source import (
+from liftedstruct.caffebuild import cuda, gtests, opencv
+from liftedstruct.caffebuild.source import (
     BUILD_DIR,
     CAFFE_SOURCE,
     LAYERS_DIR,
@@ -39,7 +39,7 @@ class BuildOptions:
     cuda_arch: list[str] = field(default_factory=lambda: ["90"])
     cuda_from_wheels: bool = False
     all_tests: bool = False
-    # The portable kit's build: the minimal OpenCV of liftedstruct/build/opencv.py,
+    # The portable kit's build: the minimal OpenCV of liftedstruct/caffebuild/opencv.py,
     # no pycaffe, and only the libraries that are used linked in.
     kit: bool = False
     jobs: int = os.cpu_count() or 2

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from liftedstruct.build import cmake, gtests, source
-from liftedstruct.build.cmake import BuildOptions
+from liftedstruct.caffebuild import cmake, gtests, source
+from liftedstruct.caffebuild.cmake import BuildOptions
 from liftedstruct.errors import BuildError
 from liftedstruct.files import UnsafeArchiveError, file_digest, safe_extract_tar
 
