@@ -20,11 +20,20 @@ import pytest
 
 from liftedstruct.datasets import layouts
 from liftedstruct.lmdbio import fingerprint
-from liftedstruct.paths import caffe_binary
+from liftedstruct.paths import caffe_binary, caffe_pb2
 
 # Six classes of 2 to 6 images, interleaved.
 LABELS = np.array([3, 0, 1, 5, 2, 4, 5, 3, 0, 1, 2, 4, 5, 2, 3, 4, 5, 5, 4, 2, 3, 4])
 SIDE = 4
+
+
+def datum(pixels: np.ndarray, label: int) -> bytes:
+    """A raw Datum of uint8 pixels (channels x height x width)."""
+    value = caffe_pb2().Datum()
+    value.channels, value.height, value.width = pixels.shape
+    value.data = pixels.tobytes()
+    value.label = int(label)
+    return value.SerializeToString()
 
 
 def write_lmdb(caffe, path: Path, records: list[int], labels: list[int]) -> Path:
@@ -33,8 +42,7 @@ def write_lmdb(caffe, path: Path, records: list[int], labels: list[int]) -> Path
     with env.begin(write=True) as txn:
         for key, (image, label) in enumerate(zip(records, labels, strict=True)):
             pixels = np.full((1, SIDE, SIDE), image, dtype=np.uint8)
-            datum = caffe.io.array_to_datum(pixels, int(label))
-            txn.put(f"{key:09d}".encode(), datum.SerializeToString())
+            txn.put(f"{key:09d}".encode(), datum(pixels, label))
     env.close()
     return path
 
@@ -115,7 +123,7 @@ def test_solvers_take_shares_of_the_batch(caffe, tmp_path):
         assert list(records) == shares[1][k][0]
 
 
-def bad_lmdb_error(caffe, tmp_path, labels, metric="", batch=4) -> str:
+def bad_lmdb_error(caffe, tmp_path, labels, metric="label: CLASS", batch=4) -> str:
     source = write_lmdb(caffe, tmp_path / "bad_lmdb", list(range(len(labels))), labels)
     net = data_net(tmp_path / "net.prototxt", source, batch, metric)
     result = subprocess.run([str(caffe_binary()), "time", f"-model={net}",
@@ -140,11 +148,11 @@ def test_layer_refuses_a_batch_it_cannot_fill(caffe, tmp_path):
 # ---------------------------------------------------------------- exact resume
 
 NET = """layer {{ name: "data" type: "MetricBatchData" top: "data" top: "label"
-  transform_param {{ crop_size: 6 mirror: true scale: 0.0039 }}
-  data_param {{ source: "{source}" batch_size: 12 backend: LMDB threads: 2 }}
+  transform_param {{ crop_size: 28 mirror: true scale: 0.0039 }}
+  data_param {{ source: "{source}" batch_size: 24 backend: LMDB threads: 2 }}
   metric_batch_param {{ epochs: RESHUFFLE }} }}
 layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-  convolution_param {{ num_output: 8 kernel_size: 3 weight_filler {{ type: "xavier" }} }} }}
+  convolution_param {{ num_output: 16 kernel_size: 5 stride: 2 weight_filler {{ type: "xavier" }} }} }}
 layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
 layer {{ name: "fc1" type: "InnerProduct" bottom: "conv1" top: "fc1"
   inner_product_param {{ num_output: 32 weight_filler {{ type: "xavier" }} }} }}
@@ -162,9 +170,8 @@ def photos_lmdb(caffe, path: Path, classes: int = 6, per_class: int = 5) -> Path
     env = lmdb.open(str(path), map_size=1 << 26)
     with env.begin(write=True) as txn:
         for key in range(classes * per_class):
-            pixels = rng.integers(0, 256, size=(3, 8, 8), dtype=np.uint8)
-            datum = caffe.io.array_to_datum(pixels, key % classes)
-            txn.put(f"{key:09d}".encode(), datum.SerializeToString())
+            pixels = rng.integers(0, 256, size=(3, 32, 32), dtype=np.uint8)
+            txn.put(f"{key:09d}".encode(), datum(pixels, key % classes))
     env.close()
     return path
 
@@ -174,8 +181,8 @@ def solver(folder: Path, source: Path) -> Path:
     (folder / "net.prototxt").write_text(NET.format(source=source))
     path = folder / "solver.prototxt"
     path.write_text(f'net: "{folder / "net.prototxt"}"\nbase_lr: 0.01\nmomentum: 0.9\n'
-                    'lr_policy: "step"\ngamma: 0.5\nstepsize: 50\nweight_decay: 0.0002\n'
-                    f'max_iter: 160\ndisplay: 0\nsnapshot: 40\nsnapshot_prefix: '
+                    'lr_policy: "step"\ngamma: 0.5\nstepsize: 200\nweight_decay: 0.0002\n'
+                    f'max_iter: 600\ndisplay: 0\nsnapshot: 150\nsnapshot_prefix: '
                     f'"{folder / "snap"}"\nrandom_seed: 3\nsolver_mode: CPU\n')
     return path
 
@@ -193,14 +200,14 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(caffe, tmp_path):
     source = photos_lmdb(caffe, tmp_path / "train_lmdb")
     straight = train(solver(tmp_path / "straight", source))
     assert straight.wait(timeout=600) == 0, straight.stderr.read()[-3000:]
-    want = (tmp_path / "straight" / "snap_iter_160.caffemodel").read_bytes()
+    want = (tmp_path / "straight" / "snap_iter_600.caffemodel").read_bytes()
 
     folder = tmp_path / "killed"
     path = solver(folder, source)
     resume, kills = None, []
-    # Killed after the snapshots of 40 and 80 have appeared, a moment later
+    # Killed after the snapshots of 150 and 300 have appeared, a moment later
     # each time, then left to finish; each resume starts from the last one.
-    for after in (40, 80):
+    for after in (150, 300):
         run = train(path, resume)
         deadline = time.monotonic() + 300
         while not (folder / f"snap_iter_{after}.solverstate").exists():
@@ -209,7 +216,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(caffe, tmp_path):
             time.sleep(0.01)
         time.sleep(0.05 * len(kills))
         run.send_signal(signal.SIGKILL)
-        run.wait()
+        assert run.wait() == -signal.SIGKILL, "finished before it was killed"
+        assert not (folder / "snap_iter_600.caffemodel").exists()
         kills.append(after)
         states = sorted(folder.glob("snap_iter_*.solverstate"),
                         key=lambda p: int(p.stem.split("_")[-1]))
@@ -218,31 +226,29 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(caffe, tmp_path):
     log = final.communicate(timeout=600)[1]
     assert final.returncode == 0, log[-3000:]
     assert f"starting at batch {resume.stem.split('_')[-1]}" in log
-    assert (folder / "snap_iter_160.caffemodel").read_bytes() == want
+    assert (folder / "snap_iter_600.caffemodel").read_bytes() == want
 
 
 def test_snapshot_records_the_data_fingerprint_and_a_resume_checks_it(caffe, tmp_path):
     source = photos_lmdb(caffe, tmp_path / "train_lmdb")
     path = solver(tmp_path / "run", source)
-    text = path.read_text().replace("max_iter: 160", "max_iter: 40")
+    text = path.read_text().replace("max_iter: 600", "max_iter: 150")
     path.write_text(text)
     run = train(path)
     assert run.wait(timeout=300) == 0, run.stderr.read()[-3000:]
-    state_path = tmp_path / "run" / "snap_iter_40.solverstate"
-    from liftedstruct.paths import caffe_pb2
-
+    state_path = tmp_path / "run" / "snap_iter_150.solverstate"
     state = caffe_pb2().SolverState()
     state.ParseFromString(state_path.read_bytes())
     assert state.data_fingerprint == fingerprint(source)
     # The same images, one label changed: refused, naming the LMDB and snapshot.
     env = lmdb.open(str(source), map_size=1 << 26)
     with env.begin(write=True) as txn:
-        datum = caffe_pb2().Datum()
-        datum.ParseFromString(txn.get(b"000000000"))
-        datum.label = 5
-        txn.put(b"000000000", datum.SerializeToString())
+        record = caffe_pb2().Datum()
+        record.ParseFromString(txn.get(b"000000000"))
+        record.label = 5
+        txn.put(b"000000000", record.SerializeToString())
     env.close()
-    path.write_text(text.replace("max_iter: 40", "max_iter: 80"))
+    path.write_text(text.replace("max_iter: 150", "max_iter: 300"))
     resumed = train(path, state_path)
     log = resumed.communicate(timeout=300)[1]
     assert resumed.returncode != 0

@@ -261,9 +261,11 @@ TYPED_TEST(MetricBatchDataLayerTest, TestBatchIsAFunctionOfSeedAndIndex) {
   resumed.StartIteration(2, 2);  // back to batch 4, two passes an iteration
   this->Forward(&resumed);
   EXPECT_TRUE(this->Data() == data[4]);
-  resumed.StartIteration(2, 2);  // where it is: no restart
   this->Forward(&resumed);
   EXPECT_TRUE(this->Data() == data[5]);
+  resumed.StartIteration(3, 2);  // batch 6, where it is: no restart
+  this->Forward(&resumed);
+  EXPECT_TRUE(this->Data() == data[6]);
 }
 
 TYPED_TEST(MetricBatchDataLayerTest, TestSeedFromTheSolver) {
