@@ -9,6 +9,9 @@
 # the others skipped. KIT_TIME_LIMIT (seconds; default 420, 1800 with --cpu,
 # where a 2-core machine trains for minutes) bounds the run;
 # KIT_STEPS="train features ..." runs only those steps (the others: skipped).
+# A setting it cannot use (a step it does not know, a limit that is not a
+# number of seconds) is refused before anything runs, and a run in which no
+# step ran (all skipped) is a failure: a check that ran nothing never passes.
 set -uo pipefail
 KIT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export KIT KIT_QUIET=1
@@ -27,16 +30,58 @@ for arg in "$@"; do
   esac
 done
 [ -n "$OUT" ] || usage
+# The steps, in order: name, limit on a GPU, limit on the CPU (seconds).
+STEPS=(
+  "environment 60 60"
+  "gtest 240 300"
+  "lifted_gpu_equals_cpu 60 60"
+  "train 180 900"
+  "train_all_gpus 90 90"
+  "features 120 300"
+  "speed_caffe 90 90"
+  "speed_torch 120 120"
+  "layer_speed 90 120"
+  "data_layer 60 120"
+)
+STEP_NAMES=$(for step in "${STEPS[@]}"; do printf '%s ' "${step%% *}"; done)
+MIN_STEP_SECONDS=15  # a step is not started with less time than this left
+refuse() { echo "$0: $*" >&2; exit 2; }
+if [ -n "${KIT_STEPS+set}" ]; then
+  [ -n "${KIT_STEPS// /}" ] || refuse "KIT_STEPS is set but empty: name the steps to run" \
+    "(of: ${STEP_NAMES% }), or unset it to run them all"
+  for name in $KIT_STEPS; do
+    [[ " $STEP_NAMES" == *" $name "* ]] ||
+      refuse "KIT_STEPS: no step '$name' (the steps: ${STEP_NAMES% })"
+  done
+fi
+if [ -n "${KIT_TIME_LIMIT+set}" ]; then
+  [[ "$KIT_TIME_LIMIT" =~ ^[0-9]+$ ]] ||
+    refuse "KIT_TIME_LIMIT='$KIT_TIME_LIMIT': give whole seconds (e.g. 600)"
+  ((10#$KIT_TIME_LIMIT >= MIN_STEP_SECONDS)) ||
+    refuse "KIT_TIME_LIMIT=$KIT_TIME_LIMIT: too short for any step to run" \
+      "(at least $MIN_STEP_SECONDS s; the default is 420, 1800 with --cpu)"
+  KIT_TIME_LIMIT=$((10#$KIT_TIME_LIMIT))
+fi
+if [ -n "${KIT_FEATURE_TOLERANCE+set}" ]; then
+  awk -v t="$KIT_FEATURE_TOLERANCE" 'BEGIN { exit !(t ~ /^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$/ && t + 0 > 0) }' ||
+    refuse "KIT_FEATURE_TOLERANCE='$KIT_FEATURE_TOLERANCE': give a relative difference" \
+      "above 0 (e.g. 1e-3, the default)"
+fi
+TMP_ROOT=${TMPDIR:-/tmp}
+if ! { [ -d "$TMP_ROOT" ] && [ -w "$TMP_ROOT" ]; }; then
+  refuse "TMPDIR=$TMP_ROOT: not a folder this user can write (the steps work there)"
+fi
+if [ -e "$OUT" ] && [ ! -d "$OUT" ]; then refuse "$OUT: a file is there; give a folder"; fi
 if [ "$KIT_MODE" = gpu ] && [ "$KIT_GPU" != 1 ]; then
   echo "$0: this kit was built without CUDA; run it with --cpu" >&2; exit 2
 fi
-if ! mkdir -p "$OUT" || [ ! -w "$OUT" ]; then echo "$0: cannot write to $OUT" >&2; exit 2; fi
+if ! mkdir -p "$OUT" 2>/dev/null || [ ! -w "$OUT" ]; then refuse "cannot write to $OUT"; fi
 OUT=$(cd "$OUT" && pwd)
 for old in gpu_check.json summary.txt logs.tar.gz; do rm -f "$OUT/$old"; done
 
 TOTAL_LIMIT=${KIT_TIME_LIMIT:-$([ "$KIT_MODE" = gpu ] && echo 420 || echo 1800)}
 START=$(date +%s)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/lifted-kit.XXXXXX")
+WORK=$(mktemp -d "$TMP_ROOT/lifted-kit.XXXXXX") || refuse "cannot make a folder in $TMP_ROOT"
 LOGS=$WORK/logs
 mkdir -p "$LOGS" "$WORK/figures"
 # shellcheck disable=SC2317  # called by the trap
@@ -48,6 +93,7 @@ export KIT_MODE WORK LOGS GLOG_logtostderr=1 GLOG_minloglevel=0
 
 STEP_JSON=()
 FAILED=0
+RAN=0
 SUMMARY=""
 # run_step NAME GPU_LIMIT CPU_LIMIT: runs steps.sh NAME under the mode's
 # limit (or what is left of the total), then records its status, time and
@@ -62,7 +108,7 @@ run_step() {
   if [ -n "${KIT_STEPS:-}" ] && [[ " $KIT_STEPS " != *" $name "* ]]; then
     echo "\"reason\": \"not in KIT_STEPS\"" >> "$FIG"
     rc=77
-  elif ((left < 15)); then
+  elif ((left < MIN_STEP_SECONDS)); then
     echo "\"reason\": \"out of time: KIT_TIME_LIMIT=$TOTAL_LIMIT s was spent\"" >> "$FIG"
     rc=77
   else
@@ -85,22 +131,25 @@ run_step() {
     echo "\"reason\": $(json_str "exit status $rc; last lines: $(tail -n 5 "$LOGS/$name.log" 2>/dev/null)")" >> "$FIG"
   fi
   [ "$status" = failed ] && FAILED=1
+  [ "$status" = skipped ] || RAN=$((RAN + 1))
   figures=$(awk 'NF { printf "%s%s", sep, $0; sep = ", " }' "$FIG")
   STEP_JSON+=("{\"name\": \"$name\", \"status\": \"$status\", \"seconds\": $seconds${figures:+, $figures}}")
   SUMMARY+=$(printf '%-24s %-8s %7ss' "$name" "$status" "$seconds")$'\n'
   printf '%-24s %-8s %7ss\n' "$name" "$status" "$seconds"
 }
 
-run_step environment 60 60
-run_step gtest 240 300
-run_step lifted_gpu_equals_cpu 60 60
-run_step train 180 900
-run_step train_all_gpus 90 90
-run_step features 120 300
-run_step speed_caffe 90 90
-run_step speed_torch 120 120
-run_step layer_speed 90 120
-run_step data_layer 60 120
+for step in "${STEPS[@]}"; do
+  # shellcheck disable=SC2086  # name and limits: three words
+  run_step $step
+done
+NOTHING_RAN=""
+if ((RAN == 0)); then
+  FAILED=1
+  NOTHING_RAN="no step ran (every one was skipped: ${KIT_STEPS:+KIT_STEPS=\"$KIT_STEPS\", }$KIT_MODE mode, KIT_TIME_LIMIT=$TOTAL_LIMIT s); a check that ran nothing has not passed"
+  echo "$0: $NOTHING_RAN" >&2
+fi
+REASON_LINE=""
+[ -z "$NOTHING_RAN" ] || REASON_LINE=$'\n'"  \"reason\": $(json_str "$NOTHING_RAN"),"
 
 steps=$(printf '%s,\n' "${STEP_JSON[@]}")
 machine="{\"cpu\": $(json_str "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"),"
@@ -115,6 +164,7 @@ cat > "$OUT/gpu_check.json.tmp" <<JSON
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "seconds": $(($(date +%s) - START)),
   "passed": $([ $FAILED = 0 ] && echo true || echo false),
+  "steps_run": $RAN,$REASON_LINE
   "machine": $machine,
   "environment": {${env_figures}},
   "steps": [
@@ -125,5 +175,8 @@ JSON
 mv "$OUT/gpu_check.json.tmp" "$OUT/gpu_check.json"
 printf '%s' "$SUMMARY" > "$OUT/summary.txt"
 tar -czf "$OUT/logs.tar.gz.tmp" -C "$WORK" logs && mv "$OUT/logs.tar.gz.tmp" "$OUT/logs.tar.gz"
-echo "wrote $OUT/gpu_check.json ($([ $FAILED = 0 ] && echo 'no step failed' || echo 'a step failed'))"
+if [ -n "$NOTHING_RAN" ]; then verdict="no step ran"
+elif [ $FAILED = 0 ]; then verdict="no step failed"
+else verdict="a step failed"; fi
+echo "wrote $OUT/gpu_check.json ($verdict)"
 exit $FAILED

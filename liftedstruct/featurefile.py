@@ -92,6 +92,9 @@ def check_features(features: np.ndarray, labels: np.ndarray, source: str = "inpu
         raise ScoringError(f"{source}: {key!r} must be N x C, got shape {features.shape}")
     if len(features) == 0:
         raise ScoringError(f"{source}: {key!r} is empty")
+    if features.shape[1] == 0:
+        raise ScoringError(f"{source}: {key!r} has {len(features)} rows of 0 values "
+                           f"(shape {features.shape}); each row needs at least one")
     if labels.dtype.kind not in "fiuUS" or (labels.ndim != 1 and labels.size != len(labels)):
         raise ScoringError(f"{source}: 'labels' must be N numbers or strings, got dtype "
                            f"{labels.dtype} and shape {labels.shape}")

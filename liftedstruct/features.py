@@ -12,16 +12,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 from tqdm import tqdm
 
 from liftedstruct.constants import IMAGENET_MEAN_BGR
 from liftedstruct.errors import ExtractionError
 from liftedstruct.featurefile import feature_key, save_features
-from liftedstruct.files import atomic_write_text, file_digest
+from liftedstruct.files import atomic_write_text, file_digest, locked_file
 from liftedstruct.images import datum_image, read_image
 from liftedstruct.lmdbio import open_lmdb, parse_datum
-from liftedstruct.paths import caffe_pb2, use_device
+from liftedstruct.paths import caffe_pb2, read_prototxt, use_device
 from liftedstruct.weights import check_fit, net_parameters, upstream_layers
 
 CHUNK = 1024  # images per resumable part
@@ -43,8 +42,7 @@ class Transform:
     def from_train_val(cls, path: Path) -> Transform:
         """The TEST-phase Data layer's transform_param of a train_val net."""
         pb2 = caffe_pb2()
-        net = pb2.NetParameter()
-        text_format.Merge(path.read_text(), net)
+        net = read_prototxt(path, "--train-val")
         for layer in net.layer:
             if layer.type == "Data" and any(rule.phase == pb2.TEST for rule in layer.include):
                 param = layer.transform_param
@@ -195,6 +193,7 @@ def open_net(caffe, deploy: Path, weights: Path, blobs: list[str], gpu: int | No
     """The deploy net on the CPU or the given GPU with the weights copied in,
     once they are known to hold every learnable layer that computes the
     blobs (Caffe would silently leave the others at their random start)."""
+    read_prototxt(deploy, "--deploy")  # Caffe would die on a bad one with a stack dump
     use_device(caffe, gpu)
     net = caffe.Net(str(deploy), caffe.TEST)
     check_blobs(net, blobs)
@@ -218,6 +217,14 @@ def extract_checked(net, deploy: Path, weights: Path, source, blobs: list[str],
 
 def extract(net, source, blobs: list[str], transform: Transform, out: Path,
             key: dict, batch: int = 64) -> Path:
+    """_extract under a lock on out: a second extraction into the same file
+    while one runs is refused (they would share and remove its parts)."""
+    with locked_file(out, "feature extraction"):
+        return _extract(net, source, blobs, transform, out, key, batch)
+
+
+def _extract(net, source, blobs: list[str], transform: Transform, out: Path,
+             key: dict, batch: int = 64) -> Path:
     """Run the net over source in chunks kept in out.parts/ so that an
     interrupted run resumes, then write out via a temporary name, with the
     key (weights, net, images, blobs, transform) as its `run_key`. Parts left

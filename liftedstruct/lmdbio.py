@@ -66,7 +66,7 @@ def open_lmdb(path: Path, what: str = "") -> lmdb.Environment:
         raise LmdbError(f"{name}: not an LMDB (no data.mdb)")
     try:
         return lmdb.open(str(path), readonly=True, lock=False)
-    except lmdb.Error as error:
+    except (lmdb.Error, OSError) as error:
         raise LmdbError(f"{name}: not a readable LMDB ({error})") from error
 
 
@@ -84,6 +84,31 @@ def parse_datum(value: bytes, where: str, pb2=None):
         raise LmdbError(f"{where}: a Datum without image data (float_data or another "
                         "message); give an LMDB of image Datums")
     return datum
+
+
+def check_datum_lmdb(path: Path, what: str = "") -> int:
+    """An LMDB of Caffe image Datums (its first record read and parsed), or
+    an LmdbError naming it: what Caffe's Data layers and the tools read,
+    checked before anything is written for it. Returns the record count."""
+    name = f"{what} {path}".strip()
+    pb2 = caffe_pb2()  # a missing Caffe build is named first
+    if not path.is_dir():
+        raise LmdbError(f"{name}: {'not a folder' if path.exists() else 'no such folder'}; "
+                        "give an LMDB folder (with data.mdb)")
+    env = open_lmdb(path, what)
+    try:
+        with env.begin() as txn:
+            count = txn.stat()["entries"]
+            first = next(txn.cursor().iternext(), None)
+    except lmdb.Error as error:
+        raise LmdbError(f"{name}: not a readable LMDB ({error})") from error
+    finally:
+        env.close()
+    if not count or first is None:
+        raise LmdbError(f"{name}: an LMDB without records; give one written by "
+                        "tools/prepare_dataset.py or convert_imageset")
+    parse_datum(first[1], f"{name} record {first[0].decode(errors='replace')}", pb2)
+    return count
 
 
 def read_datums(path: Path, keys: Iterable[str] | None = None) -> Iterator:

@@ -62,6 +62,32 @@ def caffe_pb2() -> ModuleType:
     return module
 
 
+def read_prototxt(path: Path, what: str = "", message: str = "NetParameter"):
+    """A Caffe text-format file (a net by default, "SolverParameter" for a
+    solver) parsed in Python, so that a file Caffe would die on with a stack
+    dump is a LiftedError naming it, its line and
+    column, and what is wrong there."""
+    from google.protobuf import text_format
+
+    from liftedstruct.errors import LiftedError
+
+    name = f"{what} {path}".strip()
+    parsed = getattr(caffe_pb2(), message)()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise LiftedError(f"{name}: not a text file ({error.reason}); give a .prototxt") \
+            from error
+    try:
+        text_format.Merge(text, parsed)
+    except text_format.ParseError as error:
+        line, column = error.GetLine(), error.GetColumn()
+        where = f"{name}:{line}:{column}" if line is not None else name
+        detail = str(error).split(" : ", 1)[-1] if " : " in str(error) else str(error)
+        raise LiftedError(f"{where}: not a valid Caffe {message} ({detail})") from error
+    return parsed
+
+
 def caffe_cpu_only() -> bool | None:
     """Whether the install is a CPU-only build, from the CaffeConfig.cmake
     that Caffe's CMake install writes (None when there is none)."""

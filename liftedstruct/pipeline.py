@@ -55,7 +55,13 @@ from liftedstruct.datasets.prepare import PrepareOptions, prepare
 from liftedstruct.errors import PipelineError
 from liftedstruct.featurefile import load_features, save_features
 from liftedstruct.features import LmdbSource, Transform, extract_checked, open_net
-from liftedstruct.files import atomic_write_text, check_writable, file_digest, locked_folder
+from liftedstruct.files import (
+    atomic_write_text,
+    check_writable,
+    file_digest,
+    locked_folder,
+    read_json,
+)
 from liftedstruct.nets.derive import RunNet
 from liftedstruct.nets.template import deploy
 from liftedstruct.paths import check_gpu, import_caffe
@@ -282,8 +288,7 @@ class Pipeline:
         atomic_write_text(self.state_path, json.dumps(state, indent=2) + "\n")
 
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with locked_folder(self.out, "tools/reproduce.py"):
+        with locked_folder(self.out, "tools/reproduce.py"):  # made, and removed if refused
             state = self.state = self._load_state()
             state.setdefault("resumes", {})
             (self.out / "logs").mkdir(exist_ok=True)
@@ -521,7 +526,7 @@ class Pipeline:
     def report(self) -> bool:
         results = self.results
         config, cell = self.config, self.cells[0]
-        manifest = json.loads((self.data_dir() / "manifest.json").read_text())
+        manifest = read_json(self.data_dir() / "manifest.json")
         note = self.data_note(manifest)
         if config.sweep:
             written = write_sweep_report(results, self.baseline_name(), config.dataset,

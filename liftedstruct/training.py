@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from liftedstruct import files
 from liftedstruct.errors import OutputError, PipelineError, WeightsError
 from liftedstruct.files import is_disk_full
 from liftedstruct.paths import caffe_binary
@@ -128,11 +129,7 @@ def snapshot_bytes(params: dict[str, list[int]]) -> int:
 
 
 def check_space(folder: Path, needed: int, what: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise OutputError(f"disk full: {folder} has {free / 1e6:.0f} MB free, {what} needs "
-                          f"about {needed / 1e6:.0f} MB; free some space and run the same "
-                          "command again")
+    files.check_space(folder, needed, what)
 
 
 def caffe_train(solver: Path, final: Path, max_iter: int, log_path: Path, name: str,

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
@@ -14,7 +13,7 @@ from liftedstruct.caffebuild.cmake import BuildOptions, build
 
 def main() -> int:
     parser = cli.parser(__doc__)
-    parser.add_argument("--caffe-src", type=Path,
+    parser.add_argument("--caffe-src", type=cli.input_path,
                         help="a BVLC tarball or checkout at the pinned commit "
                              "instead of the Debian source package")
     parser.add_argument("--cuda", action="store_true",
@@ -24,7 +23,7 @@ def main() -> int:
                              "patch 0008)")
     parser.add_argument("--nccl", action="store_true",
                         help="with --cuda: multi-GPU training through NCCL")
-    parser.add_argument("--cuda-arch", nargs="+", default=["90"],
+    parser.add_argument("--cuda-arch", nargs="+", type=cli.cuda_arch, default=["90"],
                         help="compute capabilities; PTX for the last (default: 90)")
     parser.add_argument("--cuda-from-wheels", action="store_true",
                         help="take the CUDA toolchain and libraries from the PyPI wheels "

@@ -44,7 +44,7 @@ def main() -> int:
                              f"{KMEANS_BACKEND})")
     parser.add_argument("--blob", help="score features_<blob> from a multi-blob file")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="write the scores here")
+    parser.add_argument("--json", type=cli.output_file, help="write the scores here")
     args = parser.parse_args()
     if args.json:
         check_writable(args.json, "--json", kind="file")

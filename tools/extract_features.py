@@ -11,7 +11,6 @@ discarded, never mixed in."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
@@ -31,17 +30,18 @@ from liftedstruct.paths import check_gpu, import_caffe
 
 def main() -> int:
     parser = cli.parser(__doc__)
-    parser.add_argument("--deploy", type=Path, required=True, help="deploy prototxt")
-    parser.add_argument("--weights", type=Path, required=True, help=".caffemodel")
+    parser.add_argument("--deploy", type=cli.input_file, required=True, help="deploy prototxt")
+    parser.add_argument("--weights", type=cli.input_file, required=True, help=".caffemodel")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--lmdb", type=Path, help="test LMDB from prepare_dataset.py")
-    source.add_argument("--images", type=Path, help="'path label' list of image files")
-    parser.add_argument("--image-root", type=Path, help="folder the --images paths are in")
+    source.add_argument("--lmdb", type=cli.datum_lmdb, help="test LMDB from prepare_dataset.py")
+    source.add_argument("--images", type=cli.input_file, help="'path label' list of image files")
+    parser.add_argument("--image-root", type=cli.input_folder,
+                        help="folder the --images paths are in")
     parser.add_argument("--resize", type=cli.positive_int, default=IMAGE_SIZE,
                         help=f"--images resize ({IMAGE_SIZE})")
     parser.add_argument("--blobs", nargs="+", default=["fc_embedding"])
-    parser.add_argument("--out", type=Path, required=True, help="output .npz")
-    parser.add_argument("--train-val", type=Path,
+    parser.add_argument("--out", type=cli.output_file, required=True, help="output .npz")
+    parser.add_argument("--train-val", type=cli.input_file,
                         help="take crop, mean and scale from this net's TEST Data layer")
     parser.add_argument("--crop", type=cli.positive_int,
                         help="centre crop (default: the deploy input's size; a crop much "

@@ -5,7 +5,6 @@ data/weights/, resumable and SHA1-checked, or take a copy you already have."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
@@ -16,9 +15,9 @@ from liftedstruct.weights import DEFAULT_PATH, download, install_from
 
 def main() -> int:
     parser = cli.parser(__doc__)
-    parser.add_argument("--from", dest="source", type=Path,
+    parser.add_argument("--from", dest="source", type=cli.input_file,
                         help="a bvlc_googlenet.caffemodel you already have")
-    parser.add_argument("--out", type=Path, default=DEFAULT_PATH)
+    parser.add_argument("--out", type=cli.output_file, default=DEFAULT_PATH)
     args = parser.parse_args()
     check_writable(args.out, "--out", kind="file")
     path = install_from(args.source, args.out) if args.source else download(args.out)

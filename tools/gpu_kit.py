@@ -12,7 +12,6 @@ first (its Python environment makes the kit's data fixture).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
@@ -22,13 +21,14 @@ from liftedstruct.caffebuild.kit import make_kit
 
 def main() -> int:
     parser = cli.parser(__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="folder for the archive")
-    parser.add_argument("--from-prefix", type=Path,
+    parser.add_argument("--out", type=cli.output_folder, required=True,
+                        help="folder for the archive")
+    parser.add_argument("--from-prefix", type=cli.input_folder,
                         help="package this Caffe install (e.g. build/caffe) instead of "
                              "building the kit's CUDA variant")
     parser.add_argument("--format", choices=["xz", "gz", "none"], default="xz",
                         help="archive compression; none leaves the gpu-kit folder in OUT")
-    parser.add_argument("--cuda-arch", nargs="+", default=["90"],
+    parser.add_argument("--cuda-arch", nargs="+", type=cli.cuda_arch, default=["90"],
                         help="compute capabilities; PTX for the last (default: 90)")
     parser.add_argument("--jobs", type=cli.positive_int)
     args = parser.parse_args()

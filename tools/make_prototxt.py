@@ -16,7 +16,6 @@ with `caffe time` (threads from CAFFE_DATA_THREADS, or the cores).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
@@ -37,12 +36,13 @@ def main() -> int:
     parser.add_argument("--dataset", choices=PAPER_DATASETS)
     parser.add_argument("--method", choices=METHODS)
     parser.add_argument("--embedding", type=int, choices=EMBEDDINGS)
-    parser.add_argument("--out", type=Path, help="folder for one configuration's files")
+    parser.add_argument("--out", type=cli.output_folder,
+                        help="folder for one configuration's files")
     parser.add_argument("--layout", choices=LAYOUTS, default="unique",
                         help="the training set of --dataset ... --out: unique (train_lmdb, "
                              "the MetricBatchData layer; default) or ordered "
                              "(train_<method>_lmdb, Caffe's Data layer)")
-    parser.add_argument("--data-timing", type=Path, metavar="LMDB",
+    parser.add_argument("--data-timing", type=cli.datum_lmdb, metavar="LMDB",
                         help="write OUT/data_timing.prototxt: the Data layer alone on LMDB")
     parser.add_argument("--batch-size", type=cli.positive_int, default=BATCH["lifted"],
                         help=f"batch of the --data-timing net (default {BATCH['lifted']})")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
@@ -36,12 +35,12 @@ from liftedstruct.datasets.prepare import LAYOUTS, PrepareOptions, prepare
 def main() -> int:
     parser = cli.parser(__doc__)
     parser.add_argument("dataset", choices=DATASETS)
-    parser.add_argument("--root", type=Path,
+    parser.add_argument("--root", type=cli.input_path,
                         help="the download: CUB_200_2011.tgz or its folder; the folder "
                              "with cars_annos.mat and car_ims.tgz; "
                              "Stanford_Online_Products.zip or its folder; for glyphs, a "
                              "fonts folder instead of /usr/share/fonts")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=cli.output_folder, required=True)
     parser.add_argument("--size", type=cli.positive_int,
                         help="image side (default: 256; 32 for glyphs and digits)")
     parser.add_argument("--raw", action="store_true",

@@ -14,7 +14,7 @@ import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 from liftedstruct import cli
 from liftedstruct.datasets import DATASETS
 from liftedstruct.errors import LiftedError
-from liftedstruct.files import check_writable
+from liftedstruct.files import check_writable, locked_folder
 from liftedstruct.run_report import check_result, write_report
 
 
@@ -41,8 +41,8 @@ def main() -> int:
                         help="METHOD=evaluation.json (from evaluate.py --json); repeat")
     parser.add_argument("--features", action="append", default=[],
                         help="METHOD=features.npz for the t-SNE and retrieval figures")
-    parser.add_argument("--images", type=Path, help="the test LMDB, to draw images")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--images", type=cli.datum_lmdb, help="the test LMDB, to draw images")
+    parser.add_argument("--out", type=cli.output_folder, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     check_writable(args.out, "--out")
@@ -54,10 +54,9 @@ def main() -> int:
             raise LiftedError(f"--result {path}: not JSON ({error})") from error
         results[name] = check_result(loaded, f"--result {path}")
     features = pairs(args.features, "--features")
-    if args.images is not None and not (args.images / "data.mdb").is_file():
-        raise LiftedError(f"--images {args.images}: not an LMDB (no data.mdb)")
-    written = write_report(results, args.dataset, args.embedding, args.out, features,
-                           args.images, args.seed)
+    with locked_folder(args.out, "tools/report.py"):
+        written = write_report(results, args.dataset, args.embedding, args.out, features,
+                               args.images, args.seed)
     print((args.out / "report.md").read_text())
     for path in written.values():
         print(path)

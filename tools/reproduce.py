@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import _launch  # noqa: F401  (the project's .venv, whatever started the tool)
 
@@ -39,27 +38,29 @@ def size_or_all(text: str) -> int | str:
 def main() -> int:
     parser = cli.parser(__doc__)
     parser.add_argument("--dataset", choices=DATASETS, default="glyphs")
-    parser.add_argument("--root", type=Path, help="the downloaded dataset (cub, cars196, sop)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--root", type=cli.input_path,
+                        help="the downloaded dataset (cub, cars196, sop)")
+    parser.add_argument("--out", type=cli.output_folder, default=None,
                         help="run folder (default: runs/<dataset>, runs/<dataset>_sweep "
                         "for several sizes or seeds)")
     parser.add_argument("--embedding", nargs="+", type=size_or_all, metavar="SIZE",
                         help="embedding sizes, or 'all' (default: the headline size: 512 "
                         "for the paper's datasets, 64 for the demos)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--weights", type=Path,
+    parser.add_argument("--weights", type=cli.input_file,
                         help="bvlc_googlenet.caffemodel (default: data/weights/...)")
     parser.add_argument("--gpu", type=int, help="train and extract on this GPU")
-    parser.add_argument("--iterations", type=int, help="override the solver's max_iter")
+    parser.add_argument("--iterations", type=cli.positive_int,
+                        help="override the solver's max_iter")
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
                         metavar="SEED", help="seeds of the batches and solver (default: 0)")
-    parser.add_argument("--max-pairs", type=int,
+    parser.add_argument("--max-pairs", type=cli.positive_int,
                         help="cap the training pairs (demo default: 30000)")
     parser.add_argument("--cluster", choices=CLUSTERINGS, default=KMEANS)
     parser.add_argument("--kmeans", choices=KMEANS_BACKENDS, default=KMEANS_BACKEND)
-    parser.add_argument("--image-size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--crop", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--image-size", type=cli.positive_int, help=argparse.SUPPRESS)
+    parser.add_argument("--crop", type=cli.positive_int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=cli.positive_int, help=argparse.SUPPRESS)
     parser.add_argument("--no-count-check", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = args.embedding or []

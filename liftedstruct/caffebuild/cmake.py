@@ -23,7 +23,7 @@ from liftedstruct.caffebuild.source import (
     run,
     tree_hash,
 )
-from liftedstruct.files import atomic_write_text
+from liftedstruct.files import atomic_write_text, read_json
 from liftedstruct.paths import caffe_root
 
 # Under the install prefix: the folder Caffe's test binary runs in.
@@ -132,7 +132,8 @@ def install_extras(work: Path, prefix: Path) -> None:
 def installed_options(prefix: Path | None = None) -> dict:
     """The options the install at prefix was built with ({} if none)."""
     stamp = (prefix or caffe_root()) / STAMP
-    return json.loads(stamp.read_text()).get("options", {}) if stamp.exists() else {}
+    recorded = read_json(stamp, "the Caffe build's record") if stamp.exists() else {}
+    return recorded.get("options", {}) if isinstance(recorded, dict) else {}
 
 
 def build(caffe_src: Path | None, options: BuildOptions, force: bool = False,
@@ -144,8 +145,11 @@ def build(caffe_src: Path | None, options: BuildOptions, force: bool = False,
     key = build_key(source_id, options)
     stamp = prefix / STAMP
     if not force and stamp.exists():
-        recorded = json.loads(stamp.read_text())
-        if recorded.get("key") == key:
+        try:
+            recorded = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            recorded = {}  # a damaged record: build again
+        if isinstance(recorded, dict) and recorded.get("key") == key:
             log(f"{prefix} is up to date (key {key[:12]})")
             return prefix
     if options.kit:

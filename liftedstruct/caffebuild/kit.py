@@ -26,7 +26,14 @@ from liftedstruct.caffebuild import gtests
 from liftedstruct.caffebuild.cmake import BuildOptions, build, installed_options
 from liftedstruct.caffebuild.source import BUILD_DIR, log, run
 from liftedstruct.errors import BuildError
-from liftedstruct.files import atomic_path, file_digest, make_once, replace_folder
+from liftedstruct.files import (
+    atomic_path,
+    check_writable,
+    file_digest,
+    locked_folder,
+    make_once,
+    replace_folder,
+)
 from liftedstruct.paths import REPO_ROOT
 
 SCRIPTS = REPO_ROOT / "gpu-kit"
@@ -322,7 +329,40 @@ def write_archive(kit: Path, archive: Path, compression: str) -> None:
 def make_kit(out: Path, from_prefix: Path | None, compression: str, jobs: int | None,
              cuda_arch: list[str]) -> Path:
     """Build (or take) the Caffe install, stage the kit, write the archive
-    (or, with compression "none", the gpu-kit folder) into out."""
+    (or, with compression "none", the gpu-kit folder) into out; every
+    argument is checked before the build starts, and a second run into the
+    same out while one runs is refused."""
+    check_kit_arguments(out, from_prefix, compression, cuda_arch)
+    with locked_folder(out, "tools/gpu_kit.py"):
+        return _make_kit(out, from_prefix, compression, jobs, cuda_arch)
+
+
+def check_kit_arguments(out: Path, from_prefix: Path | None, compression: str,
+                        cuda_arch: list[str]) -> None:
+    """What make_kit would fail on, at the start rather than after the hour
+    of building OpenCV and CUDA Caffe."""
+    from liftedstruct.cli import CUDA_ARCH, OLDEST_CUDA_ARCH
+
+    check_writable(out, "--out")
+    if compression == "none":
+        check_writable(out / KIT_NAME, "--out", "folder")
+    else:
+        check_writable(out / f"{ARCHIVE}.{compression}", "--out", "file")
+    if from_prefix is not None:
+        if not (from_prefix / "bin" / "caffe").is_file():
+            raise BuildError(f"--from-prefix {from_prefix}: no bin/caffe there (give a "
+                             "Caffe install made by tools/build_caffe.py, e.g. build/caffe)")
+        return
+    if not cuda_arch:
+        raise BuildError("--cuda-arch: give at least one compute capability")
+    for arch in cuda_arch:
+        if not CUDA_ARCH.fullmatch(str(arch)) or int(arch) < OLDEST_CUDA_ARCH:
+            raise BuildError(f"--cuda-arch {arch}: not a CUDA compute capability CUDA 13 "
+                             f"builds for ({OLDEST_CUDA_ARCH} or newer, e.g. 80, 86, 90)")
+
+
+def _make_kit(out: Path, from_prefix: Path | None, compression: str, jobs: int | None,
+              cuda_arch: list[str]) -> Path:
     if from_prefix is None:
         options = BuildOptions(cuda=True, cudnn=True, nccl=True, cuda_arch=cuda_arch,
                                kit=True)
@@ -331,10 +371,7 @@ def make_kit(out: Path, from_prefix: Path | None, compression: str, jobs: int | 
         prefix = build(None, options, prefix=KIT_PREFIX)
     else:
         prefix = from_prefix.resolve()
-        if not (prefix / "bin" / "caffe").exists():
-            raise BuildError(f"--from-prefix {prefix}: no bin/caffe there")
     recorded = installed_options(prefix)
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kit-stage.", dir=out) as tmp:
         kit = stage(prefix, recorded, Path(tmp))
         if compression == "none":

@@ -73,7 +73,11 @@ def build_opencv(jobs: int) -> Path:
     """Build and install the minimal OpenCV into build/opencv-kit (once)."""
     key = build_key()
     stamp = PREFIX / STAMP
-    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+    try:
+        recorded = json.loads(stamp.read_text()) if stamp.exists() else {}
+    except (OSError, ValueError):
+        recorded = {}  # a damaged record: build again
+    if isinstance(recorded, dict) and recorded.get("key") == key:
         log(f"{PREFIX} is up to date (key {key[:12]})")
         return PREFIX
     tarball = fetch_debian_orig(OPENCV_SOURCE, BUILD_DIR / "download")

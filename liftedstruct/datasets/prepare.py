@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,14 @@ from liftedstruct.constants import BATCH, IMAGE_SIZE, METHODS
 from liftedstruct.datasets import layouts
 from liftedstruct.datasets.base import Dataset, DatasetSource, Item
 from liftedstruct.errors import DatasetError
-from liftedstruct.files import atomic_write_text, check_writable, locked_folder
+from liftedstruct.files import (
+    atomic_write_text,
+    check_space,
+    check_writable,
+    human_bytes,
+    locked_folder,
+    read_json,
+)
 from liftedstruct.images import ImageFormat, process_images
 from liftedstruct.lmdbio import make_datum, record_bytes, write_lmdb
 from liftedstruct.paths import caffe_pb2
@@ -123,8 +129,12 @@ class Preparer:
         self.dataset, self.out, self.options = dataset, out, options
         self.fmt = ImageFormat(options.size, options.encoding)
         self.manifest_path = out / "manifest.json"
-        self.manifest = (json.loads(self.manifest_path.read_text())
+        self.manifest = (read_json(self.manifest_path)
                          if self.manifest_path.exists() else {})
+        if not isinstance(self.manifest, dict) or not isinstance(
+                self.manifest.get("outputs", {}), dict):
+            raise DatasetError(f"{self.manifest_path}: not a manifest of this tool; delete "
+                               "it (or give another --out) and run the same command again")
         self.manifest.setdefault("outputs", {})
         self._fingerprints: dict[str, str] = {}
 
@@ -193,14 +203,23 @@ class Preparer:
                                f"left after skipping {len(bad)} bad one(s) (see {report})")
         return [k[0] for k in kept], [k[1] for k in kept], len(bad)
 
+    def _space_advice(self, name: str) -> str:
+        """What shrinks this output, besides freeing space: only the ordered
+        layout's training LMDBs hold pairs (--max-pairs); raw datums take
+        about five times JPEG's space."""
+        advice = ["free some space or give another --out"]
+        if name.startswith("train_") and name != "train_lmdb":
+            advice.append("a smaller --max-pairs shrinks it")
+        if self.options.encoding == "raw":
+            advice.append("JPEG datums (without --raw) take about a fifth of the space")
+        return "; ".join(advice) + ", and run again (finished outputs are kept)"
+
     def _check_space(self, records: int, mean_bytes: float, name: str) -> int:
         estimate = int(records * record_bytes(mean_bytes)) + (16 << 20)
-        free = shutil.disk_usage(self.out).free
-        print(f"{name}: {records:,} records, about {estimate / 1e9:.2f} GB "
-              f"({free / 1e9:.1f} GB free)", flush=True)
-        if estimate > free:
-            raise DatasetError(f"{self.out}: {name} needs about {estimate / 1e9:.1f} GB "
-                               f"but only {free / 1e9:.1f} GB is free; use --max-pairs")
+        free = check_space(self.out, estimate, f"{name} ({records:,} records)",
+                           self._space_advice(name))
+        print(f"{name}: {records:,} records, about {human_bytes(estimate)} "
+              f"({human_bytes(free)} free)", flush=True)
         return max(4 * estimate, 1 << 30)  # map_size: the file stays sparse
 
     def _datum(self, payload: bytes, label: int) -> bytes:
