@@ -79,6 +79,8 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     state["done"] = ["prepare"]
     (out / "state.json").write_text(json.dumps(state))
     train = out / "train" / "lifted"
+    uninterrupted = {method: (out / "train" / method / "snap_iter_40.caffemodel").read_bytes()
+                     for method in ("lifted", "contrastive")}
     for path in train.glob("snap_iter_40.*"):
         path.unlink()
     cut_short(train / "snap_iter_30.solverstate")
@@ -90,7 +92,9 @@ def test_digits_run_end_to_end_and_resume(caffe, tmp_path):
     assert "contrastive: snap_iter_40.caffemodel is incomplete" in again.stdout
     assert "contrastive: resuming from snap_iter_30.solverstate" in again.stdout
     assert "triplet: trained earlier" in again.stdout
-    assert (train / "snap_iter_40.caffemodel").exists()
+    # Resumed training is the uninterrupted run: the same final weights.
+    for method, weights in uninterrupted.items():
+        assert (out / "train" / method / "snap_iter_40.caffemodel").read_bytes() == weights
     results = check_results(out, ["lifted", "contrastive", "triplet", "raw"], "digits")
     assert results["lifted"]["resumes"] == [{"stage": "train", "iteration": 20}]
     assert results["contrastive"]["resumes"] == [{"stage": "train", "iteration": 30}]

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Benchmark Caffe's Data layer alone: images/s with the paper's transform
-(random 227x227 crops, mirrors, mean 104/117/123) on 256x256 datums, for
-stock Caffe's loop (CAFFE_DATA_THREADS=1: the patch's code path disabled)
-beside the parallel decode and transform of patch 0011 with 2, 3, ...
-threads, in the same run.
+"""Benchmark the training data layers alone: images/s with the paper's
+transform (random 227x227 crops, mirrors, mean 104/117/123) on 256x256
+datums, for stock Caffe's loop (CAFFE_DATA_THREADS=1: the patch's code path
+disabled) beside the parallel decode and transform of patch 0011 with 2, 3,
+... threads, in the same run; each for Caffe's Data layer reading the LMDB
+in order (the ordered layout) and for MetricBatchData forming pairs from it
+by random reads (the unique layout; the LMDB's classes hold 4 images each).
 
 The datums are made the way tools/prepare_dataset.py makes them (quality-95
 JPEG, or --raw uint8) from synthetic photos (500x375 quality-90 JPEGs, about
@@ -44,6 +46,7 @@ from liftedstruct.nets.template import data_timing_net
 from liftedstruct.paths import caffe_root_label
 
 ENCODINGS = ("jpg", "raw")
+LAYOUTS = ("ordered", "unique")
 
 
 def default_threads() -> list[int]:
@@ -66,7 +69,7 @@ def make_lmdbs(work: Path, images: int, workers: int) -> dict[str, dict]:
     sources = work / "photos"
     sources.mkdir()
     names = write_synthetic_jpegs(sources, images, 500, 375, detail=10)
-    items = [Item(name, index % 1000, sources / name) for index, name in enumerate(names)]
+    items = [Item(name, index // 4, sources / name) for index, name in enumerate(names)]
     made = {}
     for encoding in ENCODINGS:
         fmt = ImageFormat(size=IMAGE_SIZE, encoding=encoding)
@@ -168,46 +171,54 @@ def main() -> int:
         made = make_lmdbs(work, args.images, len(os.sched_getaffinity(0)))
         nets = {}
         for encoding, info in made.items():
-            nets[encoding] = work / f"{encoding}_net.prototxt"
-            nets[encoding].write_text(data_timing_net(str(info["lmdb"]), batch))
-        # rounds[r][encoding][threads] = (images/s, others' share of the cores)
-        rounds: list[dict[str, dict[int, tuple[float, float]]]] = []
-        progress = tqdm(total=args.rounds * len(ENCODINGS) * len(args.threads),
+            for layout in LAYOUTS:
+                net = nets[encoding, layout] = work / f"{encoding}_{layout}_net.prototxt"
+                net.write_text(data_timing_net(str(info["lmdb"]), batch, layout=layout))
+        settings = [(e, layout) for e in ENCODINGS for layout in LAYOUTS]
+        # rounds[r][setting][threads] = (images/s, others' share of the cores)
+        rounds: list[dict[tuple[str, str], dict[int, tuple[float, float]]]] = []
+        progress = tqdm(total=args.rounds * len(settings) * len(args.threads),
                         desc="caffe time", unit="run")
         for _ in range(args.rounds):
             wait_quiet(args.quiet_wait)
-            rounds.append({e: {} for e in ENCODINGS})
-            for encoding in ENCODINGS:
+            rounds.append({setting: {} for setting in settings})
+            for setting in settings:
                 for threads in args.threads:
                     before, start = cpu_seconds(), time.monotonic()
-                    rate, used = time_data_layer(nets[encoding], batch, args.iterations,
+                    rate, used = time_data_layer(nets[setting], batch, args.iterations,
                                                  threads, args.gpu)
                     share = others_share(before, cpu_seconds(), time.monotonic() - start)
                     if used != threads:
                         raise SystemExit(f"bench_data_layer: asked for {threads} threads, "
                                          f"the layer used {used}")
-                    rounds[-1][encoding][threads] = (rate, share)
+                    rounds[-1][setting][threads] = (rate, share)
                     progress.update()
         progress.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    quiet = [r for r in rounds if max(share for e in ENCODINGS
-                                      for _, share in r[e].values()) < QUIET]
+    quiet = [r for r in rounds if max(share for setting in settings
+                                      for _, share in r[setting].values()) < QUIET]
     counted = quiet or rounds  # all of them, flagged, if none was quiet
     results = {}
     for encoding in ENCODINGS:
-        rates = {t: [r[encoding][t][0] for r in counted] for t in args.threads}
         results[encoding] = {
             "datum_bytes_mean": made[encoding]["payload_bytes_mean"],
             "lmdb_disk_bytes_per_record": made[encoding]["lmdb_disk_bytes_per_record"],
-            "sop_disk": sop_disk(made[encoding]["lmdb_disk_bytes_per_record"]),
-            # The speedup over stock within each round (measured a minute apart at
-            # most), then its median.
-            "threads": {str(t): {"images_per_s": statistics.median(rates[t]),
-                                 "best_images_per_s": max(rates[t]),
-                                 "speedup_over_stock": statistics.median(
-                                     r / s for r, s in zip(rates[t], rates[1], strict=True))}
-                        for t in args.threads}}
+            "sop_disk": sop_disk(made[encoding]["lmdb_disk_bytes_per_record"])}
+        ordered = {t: [r[encoding, "ordered"][t][0] for r in counted] for t in args.threads}
+        for layout in LAYOUTS:
+            rates = {t: [r[encoding, layout][t][0] for r in counted] for t in args.threads}
+            # Ratios within each round (measured a minute apart at most), then
+            # their median: over stock (one thread, same layout), and of the
+            # unique layout's random reads over the ordered layout's.
+            results[encoding][layout] = {
+                str(t): {"images_per_s": statistics.median(rates[t]),
+                         "best_images_per_s": max(rates[t]),
+                         "speedup_over_stock": statistics.median(
+                             r / s for r, s in zip(rates[t], rates[1], strict=True)),
+                         "ratio_to_ordered": statistics.median(
+                             r / s for r, s in zip(rates[t], ordered[t], strict=True))}
+                for t in args.threads}
     summary = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
                "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                "caffe_root": caffe_root_label(),
@@ -219,9 +230,10 @@ def main() -> int:
                "quiet": f"other processes under {QUIET:.0%} of the cores in every run",
                "load_average_1_5_15_before_after": [load_before, os.getloadavg()],
                "results": results,
-               "runs": [{e: {str(t): {"images_per_s": rate, "others_share": share}
-                             for t, (rate, share) in r[e].items()} for e in ENCODINGS}
-                        for r in rounds]}
+               "runs": [{f"{e}/{layout}": {str(t): {"images_per_s": rate,
+                                                    "others_share": share}
+                                           for t, (rate, share) in r[e, layout].items()}
+                         for e, layout in settings} for r in rounds]}
     print(f"Data layer alone, batch {batch}, {summary['transform']}, {summary['mode']}; "
           f"{len(quiet)} of {args.rounds} rounds of {args.iterations} batches quiet ("
           f"{summary['quiet']})" + ("" if quiet else ": ALL ROUNDS COUNTED, NONE QUIET"))
@@ -231,10 +243,12 @@ def main() -> int:
               f"{result['lmdb_disk_bytes_per_record'] / 1e3:.1f} kB a record in LMDB; "
               f"Online Products' 59,551 training images once: "
               f"{disk['train_images_once_gb']:.2f} GB")
-        for threads, row in result["threads"].items():
-            name = "stock (1)" if threads == "1" else f"{threads} threads"
-            print(f"  {name:<11} {row['images_per_s']:8.0f} images/s (best "
-                  f"{row['best_images_per_s']:.0f})  {row['speedup_over_stock']:.2f}x")
+        for layout in LAYOUTS:
+            for threads, row in result[layout].items():
+                name = "stock (1)" if threads == "1" else f"{threads} threads"
+                print(f"  {layout:<8} {name:<11} {row['images_per_s']:8.0f} images/s (best "
+                      f"{row['best_images_per_s']:.0f})  {row['speedup_over_stock']:.2f}x "
+                      f"stock, {row['ratio_to_ordered']:.2f}x ordered")
     cli.write_json(args.json, summary)
     return 0
 

@@ -286,13 +286,16 @@ def data_layer(config: NetConfig, phase: str, threads: int | None = None) -> str
 
 
 def data_timing_net(source: str, batch: int = BATCH["lifted"],
-                    threads: int | None = None) -> str:
-    """The training Data layer alone (the paper's transform: 227x227 random
+                    threads: int | None = None, layout: str = "ordered") -> str:
+    """The training data layer alone (the paper's transform: 227x227 random
     crops, mirrors, mean 104/117/123) into a Silence layer, reading the LMDB
     source: `caffe time -model NET -iterations N` then times the data path,
-    each iteration's forward pass being the wait for the next batch."""
+    each iteration's forward pass being the wait for the next batch. layout
+    "ordered": Caffe's Data layer reading the records in order; "unique":
+    MetricBatchData forming pairs by random reads (its classes need two
+    images or more)."""
     config = NetConfig(dataset="data", method="lifted", embedding=0, batch=batch,
-                       train_source=source, layout="ordered")
+                       train_source=source, layout=layout)
     return (HEADER + 'name: "data_timing"\n' + data_layer(config, "TRAIN", threads)
             + _block("layer", 'name: "silence"\ntype: "Silence"\nbottom: "data"\n'
                      'bottom: "label"'))

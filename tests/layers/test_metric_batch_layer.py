@@ -152,7 +152,8 @@ NET = """layer {{ name: "data" type: "MetricBatchData" top: "data" top: "label"
   data_param {{ source: "{source}" batch_size: 24 backend: LMDB threads: 2 }}
   metric_batch_param {{ epochs: RESHUFFLE }} }}
 layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-  convolution_param {{ num_output: 16 kernel_size: 5 stride: 2 weight_filler {{ type: "xavier" }} }} }}
+  convolution_param {{ num_output: 16 kernel_size: 5 stride: 2
+                       weight_filler {{ type: "xavier" }} }} }}
 layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
 layer {{ name: "fc1" type: "InnerProduct" bottom: "conv1" top: "fc1"
   inner_product_param {{ num_output: 32 weight_filler {{ type: "xavier" }} }} }}
