@@ -85,7 +85,7 @@ def test_every_tool_checks_its_arguments_as_it_parses(tmp_path):
         (["make_prototxt.py", "--data-timing", tmp_path, "--out", tmp_path / "a_file"],
          "argument --data-timing"),
         (["reproduce.py", "--iterations", "0", "--out", tmp_path / "run"],
-         "argument --iterations: 0: must be at least 1"),
+         "--iterations 0: must be at least 1"),
         (["reproduce.py", "--weights", tmp_path / "none.caffemodel", "--out", tmp_path / "r"],
          "argument --weights"),
         (["evaluate.py", tmp_path / "a_file", "--json", tmp_path / "a_file" / "x.json"],

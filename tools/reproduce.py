@@ -50,17 +50,17 @@ def main() -> int:
     parser.add_argument("--weights", type=cli.input_file,
                         help="bvlc_googlenet.caffemodel (default: data/weights/...)")
     parser.add_argument("--gpu", type=int, help="train and extract on this GPU")
-    parser.add_argument("--iterations", type=cli.positive_int,
+    parser.add_argument("--iterations", type=int,
                         help="override the solver's max_iter")
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
                         metavar="SEED", help="seeds of the batches and solver (default: 0)")
-    parser.add_argument("--max-pairs", type=cli.positive_int,
+    parser.add_argument("--max-pairs", type=int,
                         help="cap the training pairs (demo default: 30000)")
     parser.add_argument("--cluster", choices=CLUSTERINGS, default=KMEANS)
     parser.add_argument("--kmeans", choices=KMEANS_BACKENDS, default=KMEANS_BACKEND)
-    parser.add_argument("--image-size", type=cli.positive_int, help=argparse.SUPPRESS)
-    parser.add_argument("--crop", type=cli.positive_int, help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=cli.positive_int, help=argparse.SUPPRESS)
+    parser.add_argument("--image-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--crop", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-count-check", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = args.embedding or []
