@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -42,6 +41,7 @@ from liftedstruct.datasets import Item
 from liftedstruct.datasets.sop import Sop
 from liftedstruct.images import ImageFormat, process_images, write_synthetic_jpegs
 from liftedstruct.lmdbio import make_datum, write_lmdb
+from liftedstruct.machine import machine
 from liftedstruct.nets.template import data_timing_net
 from liftedstruct.paths import caffe_root_label
 
@@ -134,17 +134,6 @@ def wait_quiet(limit: float) -> float:
         share = others_share(before, cpu_seconds(), 5)
         if share < QUIET or time.monotonic() > deadline:
             return share
-
-
-def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.machine())
-    memory_kb = next(int(line.split()[1]) for line in
-                     Path("/proc/meminfo").read_text().splitlines()
-                     if line.startswith("MemTotal"))
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)),
-            "memory_gib": round(memory_kb / 2 ** 20, 1)}
 
 
 def main() -> int:

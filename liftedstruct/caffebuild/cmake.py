@@ -76,6 +76,12 @@ def cmake_arguments(work: Path, prefix: Path, options: BuildOptions) -> list[str
         sysconfig.get_config_var("LDLIBRARY") or "")
     entries = {
         "CMAKE_BUILD_TYPE": options.build_type,
+        # Without it GCC keeps a branch wherever one side of a select does
+        # arithmetic (it could trap), and on activations, whose signs are as
+        # good as random, the branch mispredicts: ReLU's CPU backward pass ran
+        # 15x slower. Caffe reads no floating-point exception flags, and the
+        # values computed are the same.
+        "CMAKE_CXX_FLAGS": "-fno-trapping-math",
         "CMAKE_INSTALL_PREFIX": str(prefix),
         "BLAS": "Open",
         "BUILD_docs": "OFF",

@@ -20,6 +20,7 @@ GTESTS = (
     GTest("triplet_loss_layer", ("TripletLoss",)),
     GTest("parallel_data_layer", ("ParallelDataLayer",)),
     GTest("metric_batch_data_layer", ("MetricBatchDataLayer",)),
+    GTest("batched_convolution", ("BatchedConvolution",)),
     # Caffe's own, for the layers and solvers the nets use.
     GTest("contrastive_loss_layer", ("ContrastiveLoss",)),
     GTest("inner_product_layer", ("InnerProduct",)),
@@ -32,7 +33,8 @@ GTESTS = (
     GTest("gradient_based_solver", ("SGDSolver", "AdamSolver")),
     GTest("net", ("NetTest",)),
     # With cuDNN, the tests of the layers it replaces (their CuDNN* cases).
-    GTest("convolution_layer", ("Convolution",), cudnn_only=True, cudnn_cases=True),
+    # Through the batched CPU path (patch 0015), and with cuDNN its CuDNN* cases.
+    GTest("convolution_layer", ("Convolution",), cudnn_cases=True),
     GTest("neuron_layer", ("Neuron",), cudnn_only=True, cudnn_cases=True),
     GTest("softmax_layer", ("Softmax",), cudnn_only=True, cudnn_cases=True),
 )
