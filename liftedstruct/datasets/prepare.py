@@ -238,6 +238,21 @@ class Preparer:
                    (self._datum(p, y) for p, y in zip(payloads, labels, strict=True)),
                    len(payloads), name, map_size)
 
+    def _write_once(self, split: str, key: str, where: str = "") -> None:
+        """The split's images once, in <split>_lmdb with the index
+        <split>_index.tsv; the training images left after --skip-bad must
+        still make the batches."""
+        items, payloads, bad = self._encode_split(split)
+        if bad and split == "train":
+            check_train_labels(items, self.options, f"{where} without its bad images")
+        labels = relabel(items)
+        self._write_images(f"{split}_lmdb", payloads, labels)
+        self._write_index(f"{split}_index.tsv", items, labels)
+        info = {"records": len(items), "images": len(items), "bad_images": bad,
+                "classes": int(len(set(labels.tolist())))}
+        self._record(f"{split}_lmdb", key, **info)
+        self._record(f"{split}_index.tsv", key, **info)
+
     def run(self) -> dict:
         where = f"{self.dataset.name} train split"
         train_key = self.key("train", "train")
@@ -253,27 +268,11 @@ class Preparer:
             check_train_labels(self.dataset.split("train"), self.options, where)
         test_key = self.key("test", "test")
         if not (self._done("test_lmdb", test_key) and self._done("test_index.tsv", test_key)):
-            items, payloads, bad = self._encode_split("test")
-            labels = relabel(items)
-            self._write_images("test_lmdb", payloads, labels)
-            self._write_index("test_index.tsv", items, labels)
-            info = {"records": len(items), "images": len(items), "bad_images": bad,
-                    "classes": int(len(set(labels.tolist())))}
-            self._record("test_lmdb", test_key, **info)
-            self._record("test_index.tsv", test_key, **info)
+            self._write_once("test", test_key)
         if not pending:
             return self.manifest
         if unique:
-            items, payloads, bad = self._encode_split("train")
-            if bad:  # the images left must still make the batches
-                check_train_labels(items, self.options, f"{where} without its bad images")
-            labels = relabel(items)
-            self._write_images("train_lmdb", payloads, labels)
-            self._write_index("train_index.tsv", items, labels)
-            info = {"records": len(items), "images": len(items), "bad_images": bad,
-                    "classes": int(len(set(labels.tolist())))}
-            self._record("train_lmdb", train_key, **info)
-            self._record("train_index.tsv", train_key, **info)
+            self._write_once("train", train_key, where)
             return self.manifest
         items, payloads, bad = self._encode_split("train")
         if bad:
