@@ -76,8 +76,12 @@ void MetricBatchDataLayer<Dtype>::DataLayerSetUp(
     batches_per_epoch_ = tuples / per_batch_;
   }
   CHECK_EQ(mdb_env_create(&env_), MDB_SUCCESS);
+  // Without LMDB's lock file: several envs of one file in one process (other
+  // layers on the same LMDB, the solvers of a -gpu run, the Data layer's own
+  // env) would each reset its reader table and could read an old meta page.
+  // Training data is not written while it is read.
   const int opened = mdb_env_open(env_, data.source().c_str(),
-      MDB_RDONLY | MDB_NOTLS, 0664);
+      MDB_RDONLY | MDB_NOTLS | MDB_NOLOCK, 0664);
   CHECK_EQ(opened, MDB_SUCCESS) << Where() << data.source() << ": "
       << mdb_strerror(opened);
   LOG_IF(INFO, Caffe::root_solver()) << Where() << labels_.size()
