@@ -97,7 +97,7 @@ def test_a_full_disk_is_named(caffe, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
     with pytest.raises(OutputError, match=r"not enough disk space: training tiny "
                                           r"\(5 snapshot\(s\)\) needs about [\d.]+ [kMG]B "
-                                          r"but .*b has 1000 bytes free"):
+                                          r"but .*b has 1.00 kB free"):
         train(tmp_path / "b")
     assert not list((tmp_path / "b").glob("snap_*"))
 

@@ -163,7 +163,8 @@ def test_patches_apply_to_the_pristine_tree(tmp_path, monkeypatch):
 def test_one_test_table_gives_sources_and_filter():
     cpu, cudnn = gtests.cmake_selection(False).split(","), gtests.cmake_selection(True)
     assert "lifted_struct_similarity_softmax_loss_layer" in cpu
-    assert "convolution_layer" not in cpu and "convolution_layer" in cudnn
+    # Caffe's convolution tests run through the batched CPU path (patch 0015).
+    assert "convolution_layer" in cpu and "batched_convolution" in cpu
     for test in gtests.selected(False):
         assert (source.BUILD_DIR / f"src-{source.BVLC_COMMIT_PREFIX}" / "src" / "caffe" /
                 "test" / f"test_{test.source}.cpp").exists() or (
