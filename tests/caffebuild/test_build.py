@@ -165,6 +165,7 @@ def test_one_test_table_gives_sources_and_filter():
     assert "lifted_struct_similarity_softmax_loss_layer" in cpu
     # Caffe's convolution tests run through the batched CPU path (patch 0015).
     assert "convolution_layer" in cpu and "batched_convolution" in cpu
+    assert "neuron_layer" not in cpu and "neuron_layer" in cudnn  # its CuDNN* cases
     for test in gtests.selected(False):
         assert (source.BUILD_DIR / f"src-{source.BVLC_COMMIT_PREFIX}" / "src" / "caffe" /
                 "test" / f"test_{test.source}.cpp").exists() or (
