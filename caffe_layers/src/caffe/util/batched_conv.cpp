@@ -40,18 +40,34 @@ int BatchedConvolution<Dtype>::Chunk(const ConvGeometry& g, int num) {
       static_cast<long>(num), workspace_limit_ / per_image)));  // NOLINT
 }
 
+// A chunk's buffers in the thread's workspace: the columns (kernel rows x
+// chunk x spatial), the outputs or output gradients in the same layout
+// (channels x chunk x spatial), and a row of ones for the bias gradient.
+template <typename Dtype>
+struct Buffers {
+  Buffers(const ConvGeometry& g, int num)
+      : chunk(BatchedConvolution<Dtype>::Chunk(g, num)) {
+    const size_t columns = static_cast<size_t>(chunk) * g.out_spatial();
+    const size_t col_count = columns * g.kernel_dim() * g.groups;
+    col = Workspace<Dtype>(col_count + columns * g.out_channels + columns);
+    out = col + col_count;
+    ones = out + columns * g.out_channels;
+  }
+  int chunk;
+  Dtype* col;
+  Dtype* out;
+  Dtype* ones;
+};
+
 template <typename Dtype>
 void BatchedConvolution<Dtype>::Forward(const ConvGeometry& g, int num,
     const Dtype* bottom, const Dtype* weight, const Dtype* bias,
     Dtype* top) {
-  const int kernel_dim = g.kernel_dim();
-  const int spatial = g.out_spatial();
-  const int group_out = g.out_channels / g.groups;
-  const int chunk = Chunk(g, num);
-  Dtype* col = Workspace<Dtype>(static_cast<size_t>(
-      kernel_dim * g.groups + g.out_channels) * chunk * spatial);
-  Dtype* out = col + static_cast<size_t>(kernel_dim) * g.groups * chunk *
-      spatial;
+  const Buffers<Dtype> buffers(g, num);
+  const int kernel_dim = g.kernel_dim(), spatial = g.out_spatial();
+  const int group_out = g.out_channels / g.groups, chunk = buffers.chunk;
+  Dtype* col = buffers.col;
+  Dtype* out = buffers.out;
   for (int first = 0; first < num; first += chunk) {
     const int images = std::min(chunk, num - first);
     const int cols = images * spatial;
@@ -81,18 +97,12 @@ template <typename Dtype>
 void BatchedConvolution<Dtype>::Backward(const ConvGeometry& g, int num,
     const Dtype* top_diff, const Dtype* bottom, const Dtype* weight,
     Dtype* weight_diff, Dtype* bias_diff, Dtype* bottom_diff) {
-  const int kernel_dim = g.kernel_dim();
-  const int spatial = g.out_spatial();
-  const int group_out = g.out_channels / g.groups;
-  const int chunk = Chunk(g, num);
-  const size_t col_count =
-      static_cast<size_t>(kernel_dim) * g.groups * chunk * spatial;
-  const size_t dy_count = static_cast<size_t>(g.out_channels) * chunk *
-      spatial;
-  Dtype* col = Workspace<Dtype>(col_count + dy_count + chunk * spatial);
-  Dtype* dy = col + col_count;
-  Dtype* ones = dy + dy_count;
-  caffe_set(chunk * spatial, Dtype(1), ones);
+  const Buffers<Dtype> buffers(g, num);
+  const int kernel_dim = g.kernel_dim(), spatial = g.out_spatial();
+  const int group_out = g.out_channels / g.groups, chunk = buffers.chunk;
+  Dtype* col = buffers.col;
+  Dtype* dy = buffers.out;
+  caffe_set(chunk * spatial, Dtype(1), buffers.ones);
   for (int first = 0; first < num; first += chunk) {
     const int images = std::min(chunk, num - first);
     const int cols = images * spatial;
@@ -104,7 +114,7 @@ void BatchedConvolution<Dtype>::Backward(const ConvGeometry& g, int num,
     }
     if (bias_diff) {
       caffe_cpu_gemv<Dtype>(CblasNoTrans, g.out_channels, cols, Dtype(1), dy,
-          ones, Dtype(1), bias_diff);
+          buffers.ones, Dtype(1), bias_diff);
     }
     if (weight_diff) {
       im2col_batch_cpu(g, images, bottom + first * g.in_dim(), col);
