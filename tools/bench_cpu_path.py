@@ -2,10 +2,12 @@
 """Benchmark Caffe's CPU path for training: forward + backward of the glyph
 demo's net (batch 128, 28x28 crops) and of GoogLeNet with the lifted loss
 (batch 128, 227x227 crops), with `caffe time` on synthetic input
-(liftedstruct.nets.template.time_net), for stock Caffe's convolution
-(`engine: CAFFE` on every Convolution: its loop over the images) beside the
-batched CPU convolution of patch 0015 (the DEFAULT engine), in the same run
-of the same build. The rounds interleave the two; reported are the median
+(liftedstruct.nets.template.time_net), for stock Caffe's CPU path
+(`engine: CAFFE` on every Convolution, Pooling and ReLU: Caffe's
+single-threaded loops, with OpenBLAS on every core as stock Caffe runs it)
+beside the DEFAULT engine's (patches 0015 and 0016: the convolution's chunks,
+pooling's planes and ReLU on OpenMP's threads, OpenBLAS on one), in the same
+run of the same build. The rounds interleave the two; reported are the median
 milliseconds an iteration, the median of the within-round ratios, and the
 layers that take the most time in each."""
 
@@ -40,18 +42,29 @@ def nets() -> dict[str, NetConfig]:
 
 
 def with_engine(text: str, engine: str) -> str:
-    """The net with every Convolution and Pooling on Caffe's own loops
-    (stock) or as it is (batched: the DEFAULT engine)."""
+    """The net with every Convolution, Pooling and ReLU on Caffe's own
+    single-threaded loops (stock) or as it is (batched: the DEFAULT engine)."""
     if engine == "batched":
         return text
     for block in ("convolution_param {", "pooling_param {"):
         text = text.replace(block, block + "\n    engine: CAFFE")
-    return text
+    return text.replace('type: "ReLU"', 'type: "ReLU"\n  relu_param { engine: CAFFE }')
 
 
-def caffe_time(net: Path, iterations: int) -> tuple[float, dict[str, float]]:
+def engine_env(engine: str) -> dict[str, str]:
+    """Stock Caffe runs OpenBLAS on every core; this build's libcaffe sets it
+    to one thread (its OpenMP threads use the cores) unless
+    OPENBLAS_NUM_THREADS is set."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    if engine == "stock":
+        env["OPENBLAS_NUM_THREADS"] = str(os.cpu_count() or 1)
+    return env
+
+
+def caffe_time(net: Path, iterations: int, engine: str) -> tuple[float, dict[str, float]]:
     """(ms of one forward + backward, {layer: forward + backward ms})."""
-    env = {**os.environ, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}
+    env = {**engine_env(engine), "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}
     cmd = [str(caffe_binary()), "time", "-model", str(net), "-iterations", str(iterations)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     found = FORWARD_BACKWARD.search(result.stderr)
@@ -94,7 +107,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for name in configs:
                 for engine in ENGINES:
-                    ms, per_layer = caffe_time(paths[name, engine], iterations[name])
+                    ms, per_layer = caffe_time(paths[name, engine], iterations[name], engine)
                     times[name][engine].append(ms)
                     for layer, layer_ms in per_layer.items():
                         layers[name][engine].setdefault(layer, []).append(layer_ms)
@@ -123,9 +136,11 @@ def main() -> int:
     summary = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
                "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                "caffe_root": caffe_root_label(),
-               "stock": "engine: CAFFE on every Convolution and Pooling (Caffe's loops)",
-               "batched": "the DEFAULT engine: patches 0015 (batched convolution) and "
-                          "0016 (max pooling by selects)",
+               "stock": "engine: CAFFE on every Convolution, Pooling and ReLU (Caffe's "
+                        "single-threaded loops), OpenBLAS on every core",
+               "batched": "the DEFAULT engine: patches 0015 (batched convolution, its "
+                          "chunks on OpenMP's threads, OpenBLAS on one) and 0016 (max "
+                          "pooling and ReLU on OpenMP's threads)",
                "rounds": args.rounds,
                "load_average_1_5_15_before_after": [load_before, os.getloadavg()],
                "results": results}

@@ -21,6 +21,7 @@ GTESTS = (
     GTest("parallel_data_layer", ("ParallelDataLayer",)),
     GTest("metric_batch_data_layer", ("MetricBatchDataLayer",)),
     GTest("batched_convolution", ("BatchedConvolution",)),
+    GTest("cpu_threads", ("CpuThreads",)),
     # Caffe's own, for the layers and solvers the nets use.
     GTest("contrastive_loss_layer", ("ContrastiveLoss",)),
     GTest("inner_product_layer", ("InnerProduct",)),
@@ -35,7 +36,8 @@ GTESTS = (
     # With cuDNN, the tests of the layers it replaces (their CuDNN* cases).
     # Through the batched CPU path (patch 0015), and with cuDNN its CuDNN* cases.
     GTest("convolution_layer", ("Convolution",), cudnn_cases=True),
-    GTest("neuron_layer", ("Neuron",), cudnn_only=True, cudnn_cases=True),
+    # ReLU on OpenMP's threads (patch 0016), and with cuDNN its CuDNN* cases.
+    GTest("neuron_layer", ("Neuron",), cudnn_cases=True),
     GTest("softmax_layer", ("Softmax",), cudnn_only=True, cudnn_cases=True),
 )
 

@@ -27,8 +27,10 @@ struct ConvGeometry {
  *        input gradients are one large gemm per chunk (per group).
  *
  * The same arithmetic as Caffe's loop, in another order of summation (so
- * results agree to rounding, not bit for bit); deterministic for a given
- * BLAS thread count. The chunk's buffers are one workspace per thread,
+ * results agree to rounding, not bit for bit). The chunks run on OpenMP's
+ * threads, each chunk's gemms on one BLAS thread; how a batch splits into
+ * chunks, and the order in which the chunks' weight gradients are added,
+ * do not depend on the number of threads. Each thread has one workspace,
  * shared by every layer, of at most workspace_limit() elements (more only
  * when a single image needs more).
  */
@@ -48,7 +50,8 @@ class BatchedConvolution {
   static void Backward(const ConvGeometry& g, int num, const Dtype* top_diff,
       const Dtype* bottom, const Dtype* weight, Dtype* weight_diff,
       Dtype* bias_diff, Dtype* bottom_diff);
-  // Images per chunk for these shapes.
+  // Images per chunk for these shapes: about an eighth of the batch, at
+  // least 1024 columns, within the workspace.
   static int Chunk(const ConvGeometry& g, int num);
 };
 

@@ -1,10 +1,15 @@
 // The batched CPU convolution (patch 0015, caffe/util/batched_conv.hpp):
 // forward and backward agree with Caffe's loop over the images (engine:
 // CAFFE) for padding, strides, dilation, groups, 1x1 kernels and no bias,
-// in one chunk and in several; its gradients pass the GradientChecker.
+// in one chunk and in several; its gradients pass the GradientChecker; its
+// results are the same bits on 1, 2 or 3 OpenMP threads.
 // Caffe's own ConvolutionLayerTest runs through it too (DEFAULT engine).
 #include <cmath>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "gtest/gtest.h"
 
@@ -182,6 +187,43 @@ TYPED_TEST(BatchedConvolutionTest, TestColumnsAreCaffes) {
     }
   }
 }
+
+#ifdef _OPENMP
+TYPED_TEST(BatchedConvolutionTest, TestSameBitsOnAnyThreadCount) {
+  // A batch of 17 in chunks of one image (the chunks' weight gradients added
+  // in their order), and in the default chunks; 1, 2 and 3 threads.
+  this->bottom_->Reshape(17, 4, 9, 7);
+  FillerParameter filler_param;
+  filler_param.set_std(1);
+  GaussianFiller<TypeParam> filler(filler_param);
+  filler.Fill(this->bottom_);
+  const int threads = omp_get_max_threads();
+  for (int limit = 0; limit < 2; ++limit) {
+    BatchedConvolution<TypeParam>::set_workspace_limit(limit ? 1000 : 1L << 24);
+    for (int k = 0; k < sizeof(kCases) / sizeof(kCases[0]); ++k) {
+      ConvolutionLayer<TypeParam> layer(this->Param(kCases[k], false));
+      layer.SetUp(this->bottom_vec_, this->top_vec_);
+      Blob<TypeParam> top_diff(this->top_->shape());
+      filler.Fill(&top_diff);
+      std::vector<TypeParam> want;
+      for (int t = 1; t <= 3; ++t) {
+        omp_set_num_threads(t);
+        const std::vector<TypeParam> got = this->Run(&layer, top_diff);
+        if (t == 1) {
+          want = got;
+          continue;
+        }
+        ASSERT_EQ(want.size(), got.size());
+        for (int i = 0; i < want.size(); ++i) {
+          ASSERT_EQ(got[i], want[i]) << "case " << k << ", value " << i
+              << ", " << t << " threads, limit " << limit;
+        }
+      }
+    }
+  }
+  omp_set_num_threads(threads);
+}
+#endif
 
 TYPED_TEST(BatchedConvolutionTest, TestGradient) {
   BatchedConvolution<TypeParam>::set_workspace_limit(1000);  // 1-image chunks

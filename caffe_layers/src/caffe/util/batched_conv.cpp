@@ -1,5 +1,10 @@
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "caffe/common.hpp"
 #include "caffe/util/batched_conv.hpp"
@@ -7,9 +12,16 @@
 
 namespace caffe {
 
+// A layer's batch splits into about kChunks chunks, so that the cores have
+// chunks to share, of at least kMinColumns columns each where the batch
+// allows (a thinner gemm is far from the BLAS's peak). Neither depends on
+// the number of threads, so neither do the results.
+static const int kChunks = 8;
+static const int kMinColumns = 1024;
+
 // One buffer per thread and type, shared by every layer that thread runs:
-// a net's layers run one after the other.
-template <typename Dtype>
+// a net's layers run one after the other. Tag tells buffers apart.
+template <typename Dtype, int Tag>
 static Dtype* Workspace(size_t count) {
   static thread_local std::vector<Dtype> workspace;
   if (workspace.size() < count) {
@@ -36,41 +48,97 @@ int BatchedConvolution<Dtype>::Chunk(const ConvGeometry& g, int num) {
   // Per image: its columns, its outputs (or output gradients), a one.
   const long per_image = static_cast<long>(  // NOLINT(runtime/int)
       g.kernel_dim() * g.groups + g.out_channels + 1) * g.out_spatial();
-  return static_cast<int>(std::max(1L, std::min(  // NOLINT(runtime/int)
-      static_cast<long>(num), workspace_limit_ / per_image)));  // NOLINT
+  const int spatial = std::max(1, g.out_spatial());
+  const long chunk = std::min<long>(  // NOLINT(runtime/int)
+      std::max((num + kChunks - 1) / kChunks,
+               (kMinColumns + spatial - 1) / spatial),
+      workspace_limit_ / per_image);
+  return static_cast<int>(std::max(1L, std::min<long>(chunk, num)));  // NOLINT
 }
 
 // A chunk's buffers in the thread's workspace: the columns (kernel rows x
-// chunk x spatial), the outputs or output gradients in the same layout
-// (channels x chunk x spatial), and a row of ones for the bias gradient.
+// images x spatial), the outputs or output gradients in the same layout
+// (channels x images x spatial), and a row of ones for the bias gradient.
 template <typename Dtype>
 struct Buffers {
-  Buffers(const ConvGeometry& g, int num)
-      : chunk(BatchedConvolution<Dtype>::Chunk(g, num)) {
-    const size_t columns = static_cast<size_t>(chunk) * g.out_spatial();
+  Buffers(const ConvGeometry& g, int images) {
+    const size_t columns = static_cast<size_t>(images) * g.out_spatial();
     const size_t col_count = columns * g.kernel_dim() * g.groups;
-    col = Workspace<Dtype>(col_count + columns * g.out_channels + columns);
+    col = Workspace<Dtype, 0>(col_count + columns * g.out_channels + columns);
     out = col + col_count;
     ones = out + columns * g.out_channels;
   }
-  int chunk;
   Dtype* col;
   Dtype* out;
   Dtype* ones;
 };
 
+}  // namespace caffe
+
+// OpenBLAS's thread count, where OpenBLAS is the BLAS (weak: another BLAS
+// leaves them NULL).
+extern "C" int openblas_get_num_threads(void) __attribute__((weak));
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
+namespace caffe {
+
+#ifdef _OPENMP
+// With OpenMP's threads on every core, OpenBLAS's own threads only compete
+// with them for the same cores (benchmarks/README.md): OpenBLAS
+// runs on one thread unless OPENBLAS_NUM_THREADS says otherwise. Set when
+// libcaffe loads, before any layer runs.
+static bool SerialBlas() {
+  if (omp_get_max_threads() > 1 && openblas_set_num_threads &&
+      !getenv("OPENBLAS_NUM_THREADS")) {
+    openblas_set_num_threads(1);
+    return true;
+  }
+  return false;
+}
+static const bool serial_blas_ = SerialBlas();
+#endif
+
+// body(k) for the chunks k = 0 .. chunks - 1: on OpenMP's threads, each
+// chunk's gemms on one BLAS thread (OpenBLAS's own threads would only wait
+// on each other); in order, with the BLAS's threads, where there is one
+// thread or one chunk.
+template <typename Body>
+static void ForChunks(int chunks, const Body& body) {
+#ifdef _OPENMP
+  const int threads = std::min(chunks, omp_get_max_threads());
+  if (threads > 1 && !omp_in_parallel()) {
+    const int blas = openblas_get_num_threads ? openblas_get_num_threads() : 1;
+    if (blas > 1) {
+      openblas_set_num_threads(1);
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int k = 0; k < chunks; ++k) {
+      body(k);
+    }
+    if (blas > 1) {
+      openblas_set_num_threads(blas);
+    }
+    return;
+  }
+#endif
+  for (int k = 0; k < chunks; ++k) {
+    body(k);
+  }
+}
+
 template <typename Dtype>
 void BatchedConvolution<Dtype>::Forward(const ConvGeometry& g, int num,
     const Dtype* bottom, const Dtype* weight, const Dtype* bias,
     Dtype* top) {
-  const Buffers<Dtype> buffers(g, num);
   const int kernel_dim = g.kernel_dim(), spatial = g.out_spatial();
-  const int group_out = g.out_channels / g.groups, chunk = buffers.chunk;
-  Dtype* col = buffers.col;
-  Dtype* out = buffers.out;
-  for (int first = 0; first < num; first += chunk) {
-    const int images = std::min(chunk, num - first);
+  const int group_out = g.out_channels / g.groups;
+  const int chunk = Chunk(g, num), chunks = (num + chunk - 1) / chunk;
+  ForChunks(chunks, [&](int k) {
+    const int first = k * chunk, images = std::min(chunk, num - first);
     const int cols = images * spatial;
+    const Buffers<Dtype> buffers(g, images);
+    Dtype* col = buffers.col;
+    Dtype* out = buffers.out;
     im2col_batch_cpu(g, images, bottom + first * g.in_dim(), col);
     for (int group = 0; group < g.groups; ++group) {
       caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasNoTrans, group_out, cols,
@@ -90,22 +158,32 @@ void BatchedConvolution<Dtype>::Forward(const ConvGeometry& g, int num,
         }
       }
     }
-  }
+  });
 }
 
 template <typename Dtype>
 void BatchedConvolution<Dtype>::Backward(const ConvGeometry& g, int num,
     const Dtype* top_diff, const Dtype* bottom, const Dtype* weight,
     Dtype* weight_diff, Dtype* bias_diff, Dtype* bottom_diff) {
-  const Buffers<Dtype> buffers(g, num);
   const int kernel_dim = g.kernel_dim(), spatial = g.out_spatial();
-  const int group_out = g.out_channels / g.groups, chunk = buffers.chunk;
-  Dtype* col = buffers.col;
-  Dtype* dy = buffers.out;
-  caffe_set(chunk * spatial, Dtype(1), buffers.ones);
-  for (int first = 0; first < num; first += chunk) {
-    const int images = std::min(chunk, num - first);
+  const int group_out = g.out_channels / g.groups;
+  const int chunk = Chunk(g, num), chunks = (num + chunk - 1) / chunk;
+  // Each chunk's weight and bias gradients go to a buffer of their own and
+  // are added in the chunks' order: the same sums whichever threads ran
+  // them. A single chunk adds to the gradients directly.
+  const int weight_count = g.out_channels * kernel_dim;
+  const int part = weight_count + g.out_channels;
+  Dtype* parts = chunks > 1 && (weight_diff || bias_diff) ?
+      Workspace<Dtype, 1>(static_cast<size_t>(chunks) * part) : NULL;
+  ForChunks(chunks, [&](int k) {
+    const int first = k * chunk, images = std::min(chunk, num - first);
     const int cols = images * spatial;
+    const Buffers<Dtype> buffers(g, images);
+    Dtype* col = buffers.col;
+    Dtype* dy = buffers.out;
+    Dtype* w_grad = parts ? parts + k * part : weight_diff;
+    Dtype* b_grad = parts ? parts + k * part + weight_count : bias_diff;
+    const Dtype beta = parts ? Dtype(0) : Dtype(1);
     for (int c = 0; c < g.out_channels; ++c) {
       for (int i = 0; i < images; ++i) {
         caffe_copy(spatial, top_diff + (first + i) * g.out_dim() + c * spatial,
@@ -113,16 +191,17 @@ void BatchedConvolution<Dtype>::Backward(const ConvGeometry& g, int num,
       }
     }
     if (bias_diff) {
+      caffe_set(cols, Dtype(1), buffers.ones);
       caffe_cpu_gemv<Dtype>(CblasNoTrans, g.out_channels, cols, Dtype(1), dy,
-          buffers.ones, Dtype(1), bias_diff);
+          buffers.ones, beta, b_grad);
     }
     if (weight_diff) {
       im2col_batch_cpu(g, images, bottom + first * g.in_dim(), col);
       for (int group = 0; group < g.groups; ++group) {
         caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasTrans, group_out, kernel_dim,
             cols, Dtype(1), dy + group * group_out * cols,
-            col + group * kernel_dim * cols, Dtype(1),
-            weight_diff + group * group_out * kernel_dim);
+            col + group * kernel_dim * cols, beta,
+            w_grad + group * group_out * kernel_dim);
       }
     }
     if (bottom_diff) {
@@ -133,6 +212,15 @@ void BatchedConvolution<Dtype>::Backward(const ConvGeometry& g, int num,
             col + group * kernel_dim * cols);
       }
       col2im_batch_cpu(g, images, col, bottom_diff + first * g.in_dim());
+    }
+  });
+  for (int k = 0; parts && k < chunks; ++k) {
+    if (weight_diff) {
+      caffe_axpy(weight_count, Dtype(1), parts + k * part, weight_diff);
+    }
+    if (bias_diff) {
+      caffe_axpy(g.out_channels, Dtype(1), parts + k * part + weight_count,
+          bias_diff);
     }
   }
 }
