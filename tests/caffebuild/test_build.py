@@ -163,9 +163,11 @@ def test_patches_apply_to_the_pristine_tree(tmp_path, monkeypatch):
 def test_one_test_table_gives_sources_and_filter():
     cpu, cudnn = gtests.cmake_selection(False).split(","), gtests.cmake_selection(True)
     assert "lifted_struct_similarity_softmax_loss_layer" in cpu
-    # Caffe's convolution tests run through the batched CPU path (patch 0015).
+    # Caffe's convolution tests run through the batched CPU path (patch 0015),
+    # its ReLU tests through patch 0016's threads.
     assert "convolution_layer" in cpu and "batched_convolution" in cpu
-    assert "neuron_layer" not in cpu and "neuron_layer" in cudnn  # its CuDNN* cases
+    assert "cpu_threads" in cpu and "neuron_layer" in cpu
+    assert "softmax_layer" not in cpu and "softmax_layer" in cudnn  # its CuDNN* cases
     for test in gtests.selected(False):
         assert (source.BUILD_DIR / f"src-{source.BVLC_COMMIT_PREFIX}" / "src" / "caffe" /
                 "test" / f"test_{test.source}.cpp").exists() or (
