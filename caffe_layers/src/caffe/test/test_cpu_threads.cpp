@@ -5,7 +5,9 @@
 // edge, with the mask kept inside or as a top; with NaNs and values at
 // -FLT_MAX the forward pass is Caffe's, and the backward pass sends each
 // gradient where the mask says (nowhere for a window with no maximum, where
-// Caffe's loop writes before the plane).
+// Caffe's loop writes before the plane). The inner product's chunks (patch
+// 0017) give the same bits on 2, 3 and 4 threads, and Caffe's single gemms'
+// results (one thread) to rounding.
 #include <cfloat>
 #include <cmath>
 #include <limits>
@@ -20,6 +22,7 @@
 #include "caffe/blob.hpp"
 #include "caffe/common.hpp"
 #include "caffe/filler.hpp"
+#include "caffe/layers/inner_product_layer.hpp"
 #include "caffe/layers/pooling_layer.hpp"
 #include "caffe/layers/relu_layer.hpp"
 #include "caffe/util/math_functions.hpp"
@@ -85,8 +88,8 @@ class CpuThreadsTest : public CPUDeviceTest<Dtype> {
         data + bottom_->offset(1, 2));
   }
 
-  // Forward and backward; returns the tops (the mask too, with two) and the
-  // bottom diff.
+  // Forward and backward; returns the tops (the mask too, with two), the
+  // bottom diff and the parameters' diffs (added to a gradient of 0.5).
   std::vector<Dtype> Run(Layer<Dtype>* layer, int tops) {
     vector<Blob<Dtype>*> bottom_vec(1, bottom_);
     vector<Blob<Dtype>*> top_vec;
@@ -108,9 +111,17 @@ class CpuThreadsTest : public CPUDeviceTest<Dtype> {
       top_diff[i] = Dtype(i % 7) - Dtype(3.25);
     }
     caffe_set(bottom_->count(), Dtype(7), bottom_->mutable_cpu_diff());
+    for (int i = 0; i < layer->blobs().size(); ++i) {
+      caffe_set(layer->blobs()[i]->count(), Dtype(0.5),
+          layer->blobs()[i]->mutable_cpu_diff());
+    }
     layer->Backward(top_vec, vector<bool>(1, true), bottom_vec);
     out.insert(out.end(), bottom_->cpu_diff(),
         bottom_->cpu_diff() + bottom_->count());
+    for (int i = 0; i < layer->blobs().size(); ++i) {
+      const Blob<Dtype>& blob = *layer->blobs()[i];
+      out.insert(out.end(), blob.cpu_diff(), blob.cpu_diff() + blob.count());
+    }
     for (int i = 0; i < tops; ++i) {
       delete owned[i];
     }
@@ -240,6 +251,44 @@ TYPED_TEST(CpuThreadsTest, TestReLUIsCaffes) {
       this->SetThreads(threads);
       ReLULayer<TypeParam> layer(param);
       this->ExpectSameBits(want, this->Run(&layer, 1), "ReLU", leaky, threads);
+    }
+  }
+}
+
+TYPED_TEST(CpuThreadsTest, TestInnerProductChunks) {
+  // 6 x 660 inputs; 40 outputs (chunks of 16, 16, 8), then a batch of 37
+  // (chunks of 16, 16, 5) and 5 outputs.
+  FillerParameter filler_param;
+  filler_param.set_std(1);
+  GaussianFiller<TypeParam> filler(filler_param);
+  for (int shape = 0; shape < 2; ++shape) {
+    if (shape) {
+      this->bottom_->Reshape(37, 3, 4, 5);
+      filler.Fill(this->bottom_);
+    }
+    LayerParameter param;
+    InnerProductParameter* ip = param.mutable_inner_product_param();
+    ip->set_num_output(shape ? 5 : 40);
+    ip->mutable_weight_filler()->set_type("gaussian");
+    ip->mutable_bias_filler()->set_type("gaussian");
+    Caffe::set_random_seed(1701);
+    InnerProductLayer<TypeParam> layer(param);
+    this->SetThreads(1);
+    const std::vector<TypeParam> stock = this->Run(&layer, 1);
+    std::vector<TypeParam> want;
+    for (int threads = 2; threads <= 4; ++threads) {
+      this->SetThreads(threads);
+      const std::vector<TypeParam> got = this->Run(&layer, 1);
+      ASSERT_EQ(stock.size(), got.size());
+      for (int i = 0; i < got.size(); ++i) {
+        EXPECT_NEAR(got[i], stock[i], 1e-4 * (1 + std::fabs(stock[i])))
+            << "shape " << shape << ", value " << i;
+      }
+      if (threads == 2) {
+        want = got;
+      } else {
+        this->ExpectSameBits(want, got, "inner product", shape, threads);
+      }
     }
   }
 }

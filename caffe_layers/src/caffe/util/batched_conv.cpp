@@ -1,13 +1,9 @@
 #include <algorithm>
-#include <cstdlib>
 #include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "caffe/common.hpp"
 #include "caffe/util/batched_conv.hpp"
+#include "caffe/util/cpu_threads.hpp"
 #include "caffe/util/math_functions.hpp"
 
 namespace caffe {
@@ -73,59 +69,6 @@ struct Buffers {
   Dtype* ones;
 };
 
-}  // namespace caffe
-
-// OpenBLAS's thread count, where OpenBLAS is the BLAS (weak: another BLAS
-// leaves them NULL).
-extern "C" int openblas_get_num_threads(void) __attribute__((weak));
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-
-namespace caffe {
-
-#ifdef _OPENMP
-// With OpenMP's threads on every core, OpenBLAS's own threads only compete
-// with them for the same cores (benchmarks/README.md): OpenBLAS
-// runs on one thread unless OPENBLAS_NUM_THREADS says otherwise. Set when
-// libcaffe loads, before any layer runs.
-static bool SerialBlas() {
-  if (omp_get_max_threads() > 1 && openblas_set_num_threads &&
-      !getenv("OPENBLAS_NUM_THREADS")) {
-    openblas_set_num_threads(1);
-    return true;
-  }
-  return false;
-}
-static const bool serial_blas_ = SerialBlas();
-#endif
-
-// body(k) for the chunks k = 0 .. chunks - 1: on OpenMP's threads, each
-// chunk's gemms on one BLAS thread (OpenBLAS's own threads would only wait
-// on each other); in order, with the BLAS's threads, where there is one
-// thread or one chunk.
-template <typename Body>
-static void ForChunks(int chunks, const Body& body) {
-#ifdef _OPENMP
-  const int threads = std::min(chunks, omp_get_max_threads());
-  if (threads > 1 && !omp_in_parallel()) {
-    const int blas = openblas_get_num_threads ? openblas_get_num_threads() : 1;
-    if (blas > 1) {
-      openblas_set_num_threads(1);
-    }
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int k = 0; k < chunks; ++k) {
-      body(k);
-    }
-    if (blas > 1) {
-      openblas_set_num_threads(blas);
-    }
-    return;
-  }
-#endif
-  for (int k = 0; k < chunks; ++k) {
-    body(k);
-  }
-}
-
 template <typename Dtype>
 void BatchedConvolution<Dtype>::Forward(const ConvGeometry& g, int num,
     const Dtype* bottom, const Dtype* weight, const Dtype* bias,
@@ -133,7 +76,7 @@ void BatchedConvolution<Dtype>::Forward(const ConvGeometry& g, int num,
   const int kernel_dim = g.kernel_dim(), spatial = g.out_spatial();
   const int group_out = g.out_channels / g.groups;
   const int chunk = Chunk(g, num), chunks = (num + chunk - 1) / chunk;
-  ForChunks(chunks, [&](int k) {
+  ParallelChunks(chunks, [&](int k) {
     const int first = k * chunk, images = std::min(chunk, num - first);
     const int cols = images * spatial;
     const Buffers<Dtype> buffers(g, images);
@@ -175,7 +118,7 @@ void BatchedConvolution<Dtype>::Backward(const ConvGeometry& g, int num,
   const int part = weight_count + g.out_channels;
   Dtype* parts = chunks > 1 && (weight_diff || bias_diff) ?
       Workspace<Dtype, 1>(static_cast<size_t>(chunks) * part) : NULL;
-  ForChunks(chunks, [&](int k) {
+  ParallelChunks(chunks, [&](int k) {
     const int first = k * chunk, images = std::min(chunk, num - first);
     const int cols = images * spatial;
     const Buffers<Dtype> buffers(g, images);
