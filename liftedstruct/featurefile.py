@@ -119,11 +119,18 @@ def standardize(features: np.ndarray) -> np.ndarray:
     common shift and a common scale leave alone, while float32 loses them to
     a large offset (|x|^2 swamps |x - y|^2) or overflows on large values.
     Scales are powers of two (exact); the result's largest coordinate lies in
-    [0.5, 1), or every coordinate is 0."""
-    x = _unit_scale(np.asarray(features, dtype=np.float64))  # the mean cannot overflow
-    return _unit_scale(x - x.mean(axis=0)).astype(np.float32)
+    [0.5, 1), or every coordinate is 0. One float64 copy, worked on in place
+    (a large matrix's temporaries cost more than its arithmetic)."""
+    x = np.array(features, dtype=np.float64)  # a copy: the mean cannot overflow
+    _unit_scale(x)
+    x -= x.mean(axis=0)
+    return _unit_scale(x).astype(np.float32)
 
 
 def _unit_scale(x: np.ndarray) -> np.ndarray:
-    largest = float(np.abs(x).max())
-    return np.ldexp(x, -np.frexp(largest)[1]) if largest > 0 else x
+    """x scaled in place by the power of two that brings its largest
+    magnitude into [0.5, 1) (left alone when all zero)."""
+    largest = max(float(x.max()), -float(x.min()))  # max |x|, without |x|'s copy
+    if largest > 0:
+        np.ldexp(x, -np.frexp(largest)[1], out=x)
+    return x

@@ -7,7 +7,10 @@ draws are read from the test LMDB."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from liftedstruct.errors import LiftedError  # noqa: E402
 from liftedstruct.featurefile import load_features, load_ids  # noqa: E402
@@ -25,6 +29,9 @@ from liftedstruct.paths import REPO_ROOT  # noqa: E402
 PAPER_RESULTS = REPO_ROOT / "data" / "paper_results.json"
 METRIC_ORDER = ("nmi", "f1", "map@r", "r_precision")
 THUMBNAIL_LIMIT = 1500  # t-SNE points drawn as thumbnails up to this many
+THUMBNAIL_POINTS = 14  # a thumbnail's longer side, in points (1/72 inch)
+TSNE_ITERATIONS = 500  # sklearn's 250 early-exaggerated steps, then 250 more
+DPI = 120  # every figure's resolution
 TSNE_MIN_POINTS = 3  # t-SNE's perplexity (at least 2) must stay below the points
 RETRIEVED = 5  # neighbours per query in the retrieval grids (fewer if N - 1 is less)
 SCORE_KEY = re.compile(r"recall@\d+|nmi|f1|map@r|r_precision")
@@ -33,7 +40,7 @@ SCORE_KEY = re.compile(r"recall@\d+|nmi|f1|map@r|r_precision")
 def save_figure(fig, path: Path) -> None:
     """A PNG written under a temporary name and renamed when complete."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=DPI, format="png")
 
 
 def check_result(scores, source: str) -> dict:
@@ -183,35 +190,110 @@ def sample_points(n: int, max_points: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(max_points, n), replace=False))
 
 
-def plot_tsne(features: np.ndarray, labels: np.ndarray, chosen: np.ndarray, path: Path,
-              title: str, images: dict[int, np.ndarray] | None = None,
-              seed: int = 0) -> Path:
-    """Barnes-Hut t-SNE of the chosen rows, coloured by class or, with their
-    images, drawn with thumbnails as in the paper's figures."""
+def tsne_map(features: np.ndarray, seed: int) -> np.ndarray:
+    """Barnes-Hut t-SNE (2-d) of the rows, seeded, on one thread (the order
+    of its sums, hence the map, depends on the threads): the same map on
+    any machine."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
-    perplexity = min(30.0, max(2.0, (len(chosen) - 1) / 3))
-    points = TSNE(n_components=2, method="barnes_hut", perplexity=perplexity,
-                  init="pca", random_state=seed).fit_transform(features[chosen])
-    fig, ax = plt.subplots(figsize=(7, 7))
-    if images is None:
-        _, classes = np.unique(labels[chosen], return_inverse=True)
-        ax.scatter(points[:, 0], points[:, 1], c=classes % 20, cmap="tab20", s=6)
-    else:
-        from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+    perplexity = min(30.0, max(2.0, (len(features) - 1) / 3))
+    with threadpool_limits(limits=1):
+        return TSNE(n_components=2, method="barnes_hut", perplexity=perplexity,
+                    init="pca", max_iter=TSNE_ITERATIONS,
+                    random_state=seed).fit_transform(features)
 
-        ax.scatter(points[:, 0], points[:, 1], s=0)
-        zoom = 14 / max(next(iter(images.values())).shape[:2])
-        for point, index in zip(points, chosen, strict=True):
-            thumb = OffsetImage(thumbnail(images[int(index)]), zoom=zoom)
-            ax.add_artist(AnnotationBbox(thumb, point, frameon=False))
+
+def tsne_pool(jobs: int) -> ProcessPoolExecutor:
+    """Workers for the t-SNE maps, one a core (each map runs on one thread).
+    Forked: a spawned worker would import the caller's __main__ again; a
+    forked one inherits the OpenMP and BLAS libraries as they are, which is
+    safe on the one thread tsne_map limits them to."""
+    workers = max(1, min(jobs, len(os.sched_getaffinity(0))))
+    return ProcessPoolExecutor(max_workers=workers,
+                               mp_context=multiprocessing.get_context("fork"))
+
+
+def plot_tsne(points: np.ndarray, labels: np.ndarray, path: Path, title: str,
+              images: list[np.ndarray] | None = None) -> Path:
+    """A t-SNE map (tsne_map) of some rows, coloured by their class or, with
+    their images, drawn with thumbnails as in the paper's figures."""
+    fig, ax = plt.subplots(figsize=(7, 7), dpi=DPI)
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
+    if images is None:
+        _, classes = np.unique(labels, return_inverse=True)
+        ax.scatter(points[:, 0], points[:, 1], c=classes % 20, cmap="tab20", s=6)
+    else:
+        draw_thumbnails(ax, points, images)
     save_figure(fig, path)
     plt.close(fig)
     return path
+
+
+def draw_thumbnails(ax, points: np.ndarray, images: list[np.ndarray]) -> None:
+    """Each image as a thumbnail (THUMBNAIL_POINTS on its longer side)
+    centred on its point, later ones over earlier ones, all composited into
+    one RGBA image of the axes' size in pixels at DPI and drawn with a
+    single imshow; the limits keep every thumbnail inside the axes."""
+    box = ax.get_window_extent()
+    width, height = round(box.width), round(box.height)
+    side = max(2, round(THUMBNAIL_POINTS * DPI / 72))
+    thumbs = [premultiplied(thumbnail(image), side) for image in images]
+    margin = side / 2 + 1
+    limits = []
+    for axis, size in ((0, width), (1, height)):
+        low, high = float(points[:, axis].min()), float(points[:, axis].max())
+        span = high - low or 1.0
+        per_pixel = span / max(size - 2 * margin, 1.0)
+        limits.append((low - margin * per_pixel, low + span + margin * per_pixel))
+    (x0, x1), (y0, y1) = limits
+    centres = np.column_stack([(points[:, 0] - x0) / (x1 - x0) * width,
+                               (y1 - points[:, 1]) / (y1 - y0) * height])  # rows down
+    ax.imshow(composite(centres, thumbs, width, height), extent=(x0, x1, y0, y1),
+              interpolation="nearest", aspect="auto")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+
+
+def premultiplied(image: np.ndarray, side: int) -> np.ndarray:
+    """An RGB(A) uint8 image scaled (area averaging) to `side` pixels on its
+    longer side, as float32 RGBA in [0, 1] with the colour premultiplied by
+    the alpha (so that scaling mixes ink, not the colour of empty pixels)."""
+    import cv2
+
+    rgba = image.astype(np.float32) / 255
+    if rgba.shape[2] == 3:
+        rgba = np.dstack([rgba, np.ones(rgba.shape[:2], dtype=np.float32)])
+    rgba[:, :, :3] *= rgba[:, :, 3:]
+    scale = side / max(rgba.shape[:2])
+    size = (max(1, round(rgba.shape[1] * scale)), max(1, round(rgba.shape[0] * scale)))
+    return cv2.resize(rgba, size, interpolation=cv2.INTER_AREA)
+
+
+def composite(centres: np.ndarray, thumbs: list[np.ndarray], width: int,
+              height: int) -> np.ndarray:
+    """Premultiplied RGBA thumbnails laid over one another ('over', in
+    order) at the given centres (x, y pixels, y from the top) on a
+    transparent height x width canvas; uint8 RGBA, parts outside cut off."""
+    canvas = np.zeros((height, width, 4), dtype=np.float32)
+    for (x, y), thumb in zip(centres, thumbs, strict=True):
+        h, w = thumb.shape[:2]
+        top, left = int(np.floor(y - h / 2 + 0.5)), int(np.floor(x - w / 2 + 0.5))
+        rows = slice(max(top, 0), min(top + h, height))
+        cols = slice(max(left, 0), min(left + w, width))
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            continue
+        source = thumb[rows.start - top:rows.stop - top, cols.start - left:cols.stop - left]
+        target = canvas[rows, cols]
+        target *= 1 - source[:, :, 3:]
+        target += source
+    alpha = canvas[:, :, 3:]
+    rgb = np.divide(canvas[:, :, :3], alpha, out=np.zeros_like(canvas[:, :, :3]),
+                    where=alpha > 0)
+    return np.round(np.dstack([rgb, alpha]) * 255).clip(0, 255).astype(np.uint8)
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
@@ -294,21 +376,30 @@ def write_report(results: dict[str, dict], dataset: str, embedding: int, out: Pa
     paper = {m: published(dataset, m, embedding) for m in results}
     written["recall"] = plot_recall_curves(
         results, out / "recall_at_k.png", f"{dataset}: Recall@K, embedding {embedding}", paper)
-    for method, (feats, labels, ids) in loaded.items():
-        chosen = sample_points(len(feats), tsne_points, seed)
-        thumbnails = images_lmdb is not None and len(chosen) <= THUMBNAIL_LIMIT
-        rows = retrieval_rows(feats, queries, seed) if images_lmdb is not None else None
-        needed = list(chosen if thumbnails else []) + list(rows.ravel() if rows is not None
-                                                           else [])
-        images = load_images(images_lmdb, ids, needed) if needed else {}
-        if len(chosen) >= TSNE_MIN_POINTS:
-            written[f"tsne_{method}"] = plot_tsne(
-                feats, labels, chosen, out / f"tsne_{method}.png",
-                f"{dataset} {method}: t-SNE", images if thumbnails else None, seed)
-        if rows is not None:
-            written[f"retrieval_{method}"] = plot_retrieval(
-                rows, labels, images, out / f"retrieval_{method}.png",
-                f"{dataset} {method}: query and {rows.shape[1] - 1} nearest neighbours")
+    chosen = {method: sample_points(len(feats), tsne_points, seed)
+              for method, (feats, _, _) in loaded.items()}
+    mapped = [method for method in loaded if len(chosen[method]) >= TSNE_MIN_POINTS]
+    with tsne_pool(len(mapped)) as pool:
+        # Every map under way at once; the figures are drawn meanwhile.
+        maps = {method: pool.submit(tsne_map, loaded[method][0][chosen[method]], seed)
+                for method in mapped}
+        for method, (feats, labels, ids) in tqdm(loaded.items(), desc="report",
+                                                 unit="embedding"):
+            picked = chosen[method]
+            thumbnails = images_lmdb is not None and len(picked) <= THUMBNAIL_LIMIT
+            rows = retrieval_rows(feats, queries, seed) if images_lmdb is not None else None
+            needed = list(picked if thumbnails else []) + list(
+                rows.ravel() if rows is not None else [])
+            images = load_images(images_lmdb, ids, needed) if needed else {}
+            if rows is not None:
+                written[f"retrieval_{method}"] = plot_retrieval(
+                    rows, labels, images, out / f"retrieval_{method}.png",
+                    f"{dataset} {method}: query and {rows.shape[1] - 1} nearest neighbours")
+            if method in maps:
+                written[f"tsne_{method}"] = plot_tsne(
+                    maps[method].result(), labels[picked], out / f"tsne_{method}.png",
+                    f"{dataset} {method}: t-SNE",
+                    [images[int(i)] for i in picked] if thumbnails else None)
     resumed = resume_note(results)
     atomic_write_text(out / "report.json", json.dumps(
         {"dataset": dataset, "embedding": embedding, "methods": table, "data": note,

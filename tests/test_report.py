@@ -17,9 +17,14 @@ from liftedstruct.run_report import (
     PAPER_RESULTS,
     check_result,
     comparison,
+    composite,
     markdown_table,
+    plot_tsne,
+    premultiplied,
     published,
     retrieval_rows,
+    thumbnail,
+    tsne_map,
     write_report,
 )
 from liftedstruct.sweep_report import (
@@ -103,6 +108,64 @@ def test_retrieval_never_shows_the_query_as_its_own_neighbour():
         for row in rows:
             assert row[0] not in row[1:] and len(set(row)) == len(row), (n, row)
     assert retrieval_rows(np.zeros((1, 8), np.float32), 6, seed=1) is None
+
+
+def test_thumbnails_are_composited_in_order_at_their_centres():
+    """'over' in order: a later opaque thumbnail hides an earlier one, a
+    half-transparent one mixes with what is below, and the canvas stays
+    transparent elsewhere; parts outside the canvas are cut off."""
+    red = np.zeros((2, 2, 4), np.float32)
+    red[..., 0] = red[..., 3] = 1
+    half_blue = np.zeros((2, 2, 4), np.float32)
+    half_blue[..., 2] = half_blue[..., 3] = 0.5  # premultiplied
+    canvas = composite(np.array([[2.0, 2.0], [3.0, 2.0], [0.0, 0.0], [9.0, 9.0]]),
+                       [red, half_blue, red, red], 6, 5)
+    assert canvas.shape == (5, 6, 4) and canvas.dtype == np.uint8
+    assert canvas[1:3, 1].tolist() == [[255, 0, 0, 255]] * 2  # red alone
+    assert canvas[1:3, 2].tolist() == [[128, 0, 128, 255]] * 2  # blue over red
+    assert canvas[1:3, 3].tolist() == [[0, 0, 255, 128]] * 2  # blue alone
+    assert canvas[0, 0].tolist() == [255, 0, 0, 255]  # a quarter of the corner one
+    assert canvas[3:, :].max() == 0 and canvas[:, 4:].max() == 0
+
+
+def test_thumbnails_scale_their_ink_not_the_paper():
+    """Glyphs on white become ink with alpha; scaling one down keeps its ink
+    black where it is opaque, and an opaque photo stays opaque."""
+    glyph = np.full((8, 8, 3), 255, np.uint8)
+    glyph[:, :2] = 0  # a quarter of the columns inked
+    small = premultiplied(thumbnail(glyph), 4)
+    assert small.shape == (4, 4, 4)
+    assert np.allclose(small[:, :1], [0, 0, 0, 1]) and np.allclose(small[:, 1:], 0)
+    photo = np.random.default_rng(0).integers(0, 200, size=(6, 12, 3), dtype=np.uint8)
+    assert premultiplied(thumbnail(photo), 4).shape == (2, 4, 4)
+    assert np.allclose(premultiplied(thumbnail(photo), 4)[..., 3], 1)
+
+
+def test_tsne_is_seeded_and_its_thumbnails_are_one_image(tmp_path, monkeypatch):
+    """The same map twice from one seed; every thumbnail inside the axes,
+    drawn as a single image."""
+    import matplotlib.pyplot as plt
+    from matplotlib.image import AxesImage
+
+    rng = np.random.default_rng(2)
+    features = np.vstack([rng.normal(loc=5 * c, size=(20, 6)) for c in range(3)])
+    points = tsne_map(features.astype(np.float32), seed=3)
+    assert points.shape == (60, 2)
+    assert np.array_equal(points, tsne_map(features.astype(np.float32), seed=3))
+    glyph = np.full((16, 16, 3), 255, np.uint8)
+    glyph[4:12, 4:12] = 0
+    drawn = {}
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.setdefault("fig", fig))
+    plot_tsne(points, np.repeat([0, 1, 2], 20), tmp_path / "t.png", "t", [glyph] * 60)
+    assert (tmp_path / "t.png").stat().st_size > 0
+    ax = drawn["fig"].axes[0]
+    images = [a for a in ax.get_children() if isinstance(a, AxesImage)]
+    assert len(images) == 1 and len(ax.artists) == 0
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert x0 < points[:, 0].min() and points[:, 0].max() < x1
+    assert y0 < points[:, 1].min() and points[:, 1].max() < y1
+    ink = images[0].get_array()[..., 3] > 0
+    assert ink[0].sum() == ink[-1].sum() == ink[:, 0].sum() == ink[:, -1].sum() == 0
 
 
 def test_result_files_must_hold_scores():
