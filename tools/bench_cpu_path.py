@@ -5,11 +5,11 @@ demo's net (batch 128, 28x28 crops) and of GoogLeNet with the lifted loss
 (liftedstruct.nets.template.time_net), for stock Caffe's CPU path
 (`engine: CAFFE` on every Convolution, Pooling and ReLU: Caffe's
 single-threaded loops, with OpenBLAS on every core as stock Caffe runs it)
-beside the DEFAULT engine's (patches 0015 and 0016: the convolution's chunks,
-pooling's planes and ReLU on OpenMP's threads, OpenBLAS on one), in the same
-run of the same build. The rounds interleave the two; reported are the median
-milliseconds an iteration, the median of the within-round ratios, and the
-layers that take the most time in each."""
+beside the DEFAULT engine's (patches 0015-0017: the convolution's and the
+inner product's chunks, pooling's planes and ReLU on OpenMP's threads,
+OpenBLAS on one), in the same run of the same build. The rounds interleave
+the two; reported are the median milliseconds an iteration, the median of
+the within-round ratios, and the layers that take the most time in each."""
 
 from __future__ import annotations
 
@@ -52,13 +52,13 @@ def with_engine(text: str, engine: str) -> str:
 
 
 def engine_env(engine: str) -> dict[str, str]:
-    """Stock Caffe runs OpenBLAS on every core; this build's libcaffe sets it
-    to one thread (its OpenMP threads use the cores) unless
-    OPENBLAS_NUM_THREADS is set."""
+    """Stock Caffe runs OpenBLAS on every core and no OpenMP; this build's
+    libcaffe runs OpenBLAS on one thread and the CPU path on OpenMP's (the
+    inner product's chunks too, patch 0017, with more than one thread)."""
     env = {key: value for key, value in os.environ.items()
            if key not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     if engine == "stock":
-        env["OPENBLAS_NUM_THREADS"] = str(os.cpu_count() or 1)
+        env.update(OPENBLAS_NUM_THREADS=str(os.cpu_count() or 1), OMP_NUM_THREADS="1")
     return env
 
 
@@ -137,10 +137,12 @@ def main() -> int:
                "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                "caffe_root": caffe_root_label(),
                "stock": "engine: CAFFE on every Convolution, Pooling and ReLU (Caffe's "
-                        "single-threaded loops), OpenBLAS on every core",
+                        "single-threaded loops), OpenBLAS on every core, "
+                        "OMP_NUM_THREADS=1 (Caffe's inner product)",
                "batched": "the DEFAULT engine: patches 0015 (batched convolution, its "
-                          "chunks on OpenMP's threads, OpenBLAS on one) and 0016 (max "
-                          "pooling and ReLU on OpenMP's threads)",
+                          "chunks on OpenMP's threads, OpenBLAS on one), 0016 (max "
+                          "pooling and ReLU on OpenMP's threads), 0017 (inner product "
+                          "in chunks on OpenMP's threads)",
                "rounds": args.rounds,
                "load_average_1_5_15_before_after": [load_before, os.getloadavg()],
                "results": results}
