@@ -174,7 +174,7 @@ def face_coincidences(images: np.ndarray) -> np.ndarray:
     (images: chars x 32 x 32, un-jittered)."""
     chars = images.shape[0]
     found = np.zeros((chars, chars), dtype=bool)
-    for i, j in _globally_close(images):
+    for i, j in globally_close(images):
         diff = np.abs(images[i].astype(np.float32) - images[j].astype(np.float32)) / 255.0
         local = cv2.blur(diff, (3, 3), borderType=cv2.BORDER_CONSTANT).max()
         if local < LOCAL_THRESHOLD:
@@ -182,7 +182,7 @@ def face_coincidences(images: np.ndarray) -> np.ndarray:
     return found
 
 
-def _globally_close(images: np.ndarray) -> list[tuple[int, int]]:
+def globally_close(images: np.ndarray) -> list[tuple[int, int]]:
     """The pairs i < j (row-major) whose ink-normalised L1 difference is below
     GLOBAL_THRESHOLD. Exact, and cheaper than every pair's full L1: the L1 of
     4x4-block sums is a lower bound of the pixels' L1 (both are sums of
