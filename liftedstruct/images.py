@@ -63,12 +63,9 @@ def process_images(items: list[Item], fmt: ImageFormat, workers: int,
     jobs = [(item, fmt) for item in items]
     if workers <= 1 or len(items) < 64:
         return [_process_job(job) for job in tqdm(jobs, desc=desc, unit="img")]
-    # Chunks of 32 to 256 images: small images cost less to encode than to
-    # send to a worker one by one.
-    chunksize = max(32, min(256, len(jobs) // (4 * workers)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_process_job, jobs, chunksize=chunksize),
-                         total=len(jobs), desc=desc, unit="img"))
+        return list(tqdm(pool.map(_process_job, jobs, chunksize=32), total=len(jobs),
+                         desc=desc, unit="img"))
 
 
 def synthetic_photo(rng: np.random.Generator, width: int, height: int,

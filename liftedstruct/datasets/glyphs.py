@@ -139,7 +139,7 @@ class Glyphs(DatasetSource):
         # One FreeType pass a face gives its plain renders, its jittered ones
         # and which of its characters coincide.
         renders = render_faces_both([face.path for face in faces], CHARSET, JITTER,
-                                    DATA_SEED, desc="glyphs fonts")
+                                    DATA_SEED, desc="glyphs faces")
         # Faces that draw nothing or .notdef for a character they map, and faces
         # whose renders repeat an earlier face's (one design under two names).
         kept, seen = [], set()
