@@ -8,6 +8,7 @@ import math
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import lmdb
 from tqdm import tqdm
@@ -17,8 +18,11 @@ from liftedstruct.files import atomic_folder
 from liftedstruct.paths import caffe_pb2
 
 
-def make_datum(payload: bytes, label: int, size: int, encoded: bool) -> bytes:
-    datum = caffe_pb2().Datum()
+def make_datum(payload: bytes, label: int, size: int, encoded: bool,
+               pb2: ModuleType | None = None) -> bytes:
+    """A serialized Caffe Datum (pb2: pycaffe's caffe_pb2, looked up when not
+    given; a caller writing many datums passes it once looked up)."""
+    datum = (pb2 or caffe_pb2()).Datum()
     datum.channels, datum.height, datum.width = 3, size, size
     datum.data = payload
     datum.label = int(label)

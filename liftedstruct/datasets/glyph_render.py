@@ -8,13 +8,14 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.spatial.distance import cdist
+
+from liftedstruct.parallel import ordered_map
 
 RENDER_SIZE = 64  # FreeType em size in pixels
 OUT_SIZE = 32  # image side
@@ -90,52 +91,121 @@ def normalize(ink: np.ndarray, affine: tuple[float, ...] | None) -> np.ndarray:
     return (255 - np.clip(np.rint(small), 0, 255)).astype(np.uint8)
 
 
-def render_face(path: str, chars: str, jitter: Jitter | None = None,
-                seed: int = 0) -> list[np.ndarray] | None:
-    """Every character of chars in the face at path, or None when any of them
-    draws nothing or the face's .notdef box (its cmap promised more than it has)."""
+def face_inks(path: str, chars: str) -> list[np.ndarray] | None:
+    """Every character of chars in the face at path as its ink_crop, or None
+    when any of them draws nothing or the face's .notdef box (its cmap
+    promised more than it has)."""
     font = ImageFont.truetype(path, RENDER_SIZE, layout_engine=ImageFont.Layout.BASIC)
     notdef = ink_crop(font, NOTDEF_PROBE)
-    face = os.path.basename(path)
-    images = []
+    inks = []
     for char in chars:
         ink = ink_crop(font, char)
         if ink is None or (notdef is not None and ink.shape == notdef.shape
                            and np.array_equal(ink, notdef)):
             return None
-        affine = None if jitter is None else jitter_affine(jitter, seed, char, face)
-        images.append(normalize(ink, affine))
-    return images
+        inks.append(ink)
+    return inks
+
+
+def normalize_inks(inks: Sequence[np.ndarray], path: str, chars: str,
+                   jitter: Jitter | None = None, seed: int = 0) -> list[np.ndarray]:
+    """face_inks normalised to images, jittered when jitter is given."""
+    face = os.path.basename(path)
+    return [normalize(ink, None if jitter is None else jitter_affine(jitter, seed, char, face))
+            for ink, char in zip(inks, chars, strict=True)]
+
+
+def render_face(path: str, chars: str, jitter: Jitter | None = None,
+                seed: int = 0) -> list[np.ndarray] | None:
+    """Every character of chars in the face at path, or None when the face
+    fails face_inks."""
+    inks = face_inks(path, chars)
+    return None if inks is None else normalize_inks(inks, path, chars, jitter, seed)
+
+
+@dataclass(frozen=True)
+class FaceRenders:
+    """One face from one FreeType pass: the plain images, the jittered ones,
+    and face_coincidences of the plain ones."""
+
+    plain: list[np.ndarray]
+    jittered: list[np.ndarray]
+    found: np.ndarray
+
+
+def render_face_both(path: str, chars: str, jitter: Jitter,
+                     seed: int = 0) -> FaceRenders | None:
+    """render_face without and with the jitter, and which characters coincide
+    in the face, from one pass of FreeType; None when the face fails face_inks."""
+    inks = face_inks(path, chars)
+    if inks is None:
+        return None
+    plain = normalize_inks(inks, path, chars)
+    return FaceRenders(plain, normalize_inks(inks, path, chars, jitter, seed),
+                       face_coincidences(np.stack(plain)))
 
 
 def _render_job(job: tuple[str, str, Jitter | None, int]) -> list[np.ndarray] | None:
     return render_face(*job)
 
 
+def _render_both_job(job: tuple[str, str, Jitter, int]) -> FaceRenders | None:
+    return render_face_both(*job)
+
+
 def render_faces(paths: Sequence[str], chars: str, jitter: Jitter | None = None,
                  seed: int = 0, workers: int | None = None) -> list[list[np.ndarray] | None]:
     """render_face over faces, in order, spread over processes."""
-    jobs = [(path, chars, jitter, seed) for path in paths]
-    workers = workers or os.cpu_count() or 1
-    if workers <= 1:
-        return [_render_job(job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_render_job, jobs, chunksize=8))
+    return ordered_map(_render_job, [(path, chars, jitter, seed) for path in paths],
+                       workers, chunksize=2)
+
+
+def render_faces_both(paths: Sequence[str], chars: str, jitter: Jitter, seed: int = 0,
+                      workers: int | None = None,
+                      desc: str | None = None) -> list[FaceRenders | None]:
+    """render_face_both over faces, in order, spread over processes."""
+    # Small chunks: faces differ in cost, and a face's result is about 350 kB.
+    return ordered_map(_render_both_job, [(path, chars, jitter, seed) for path in paths],
+                       workers, desc, "face", chunksize=2)
+
+
+def face_coincidences(images: np.ndarray) -> np.ndarray:
+    """chars x chars booleans: which characters' renders coincide in one face
+    (images: chars x 32 x 32, un-jittered)."""
+    chars = images.shape[0]
+    found = np.zeros((chars, chars), dtype=bool)
+    for i, j in globally_close(images):
+        diff = np.abs(images[i].astype(np.float32) - images[j].astype(np.float32)) / 255.0
+        local = cv2.blur(diff, (3, 3), borderType=cv2.BORDER_CONSTANT).max()
+        if local < LOCAL_THRESHOLD:
+            found[i, j] = found[j, i] = True
+    return found
+
+
+def globally_close(images: np.ndarray) -> list[tuple[int, int]]:
+    """The pairs i < j (row-major) whose ink-normalised L1 difference is below
+    GLOBAL_THRESHOLD. Exact, and cheaper than every pair's full L1: the L1 of
+    4x4-block sums is a lower bound of the pixels' L1 (both are sums of
+    integers, exact in float64), so a pair whose bound already reaches the
+    threshold is out, and only the others get the full L1."""
+    chars, height, width = images.shape
+    ink = 255.0 - images.reshape(chars, -1).astype(np.float64)
+    mass = ink.sum(axis=1)
+    total = mass[:, None] + mass[None, :]
+    block = 4 if height % 4 == 0 and width % 4 == 0 else 1
+    coarse = ink.reshape(chars, height // block, block, width // block, block).sum(axis=(2, 4))
+    bound = cdist(coarse.reshape(chars, -1), coarse.reshape(chars, -1), "cityblock") / total
+    close = []
+    for i, j in np.argwhere(np.triu(bound < GLOBAL_THRESHOLD, k=1)):
+        if np.abs(ink[i] - ink[j]).sum() / total[i, j] < GLOBAL_THRESHOLD:
+            close.append((int(i), int(j)))
+    return close
 
 
 def coincidences(images: np.ndarray) -> np.ndarray:
     """faces x chars x chars booleans: which characters' renders coincide in
     which face (images: faces x chars x 32 x 32, un-jittered)."""
-    faces, chars = images.shape[:2]
-    found = np.zeros((faces, chars, chars), dtype=bool)
-    for face in range(faces):
-        ink = 255.0 - images[face].reshape(chars, -1).astype(np.float64)
-        mass = ink.sum(axis=1)
-        relative = cdist(ink, ink, "cityblock") / (mass[:, None] + mass[None, :])
-        for i, j in np.argwhere(np.triu(relative < GLOBAL_THRESHOLD, k=1)):
-            diff = np.abs(images[face, i].astype(np.float32)
-                          - images[face, j].astype(np.float32)) / 255.0
-            local = cv2.blur(diff, (3, 3), borderType=cv2.BORDER_CONSTANT).max()
-            if local < LOCAL_THRESHOLD:
-                found[face, i, j] = found[face, j, i] = True
+    found = np.zeros((images.shape[0], images.shape[1], images.shape[1]), dtype=bool)
+    for face in range(images.shape[0]):
+        found[face] = face_coincidences(images[face])
     return found

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from liftedstruct.datasets.base import Dataset, DatasetSource, Item
-from liftedstruct.datasets.glyph_render import Jitter, coincidences, render_faces
+from liftedstruct.datasets.glyph_render import Jitter, render_faces_both
 from liftedstruct.errors import DatasetError
 from liftedstruct.files import file_digest
+from liftedstruct.parallel import ordered_map
 from liftedstruct.paths import REPO_ROOT
 
 # 159 characters: the Latin letters and digits; the Greek letters whose shape
@@ -57,27 +58,40 @@ class Face:
     postscript: str
 
 
-def discover_faces(root: Path = FONT_ROOT, chars: str = CHARSET) -> list[Face]:
-    """Font files under root whose cmap covers every character, one per
-    PostScript name, small caps left out; sorted by path."""
+def read_face(job: tuple[str, str]) -> tuple[str, str, str] | None:
+    """(family, style, PostScript name) of the font file at job's path when
+    its cmap maps every character of job's chars to a glyph other than
+    .notdef; None when it does not, or when it is no font FreeType would use."""
     from fontTools.ttLib import TTFont, TTLibError
 
-    needed = {ord(c) for c in chars}
+    path, chars = job
+    try:
+        font = TTFont(path, lazy=True)
+        cmap = font.getBestCmap() or {}
+        names = font["name"]
+        family = str(names.getDebugName(16) or names.getDebugName(1) or "")
+        style = str(names.getDebugName(17) or names.getDebugName(2) or "")
+        postscript = str(names.getDebugName(6) or Path(path).name)
+    except (TTLibError, OSError, KeyError, AssertionError):
+        return None
+    if any(cmap.get(ord(c), ".notdef") == ".notdef" for c in chars):
+        return None
+    return family, style, postscript
+
+
+def discover_faces(root: Path = FONT_ROOT, chars: str = CHARSET,
+                   workers: int | None = None) -> list[Face]:
+    """Font files under root whose cmap covers every character, one per
+    PostScript name (the first by path), small caps left out; sorted by path.
+    The files are read on `workers` processes (None: one a core)."""
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in FONT_SUFFIXES)
+    read = ordered_map(read_face, [(str(path), chars) for path in paths], workers,
+                       chunksize=8)
     faces: dict[str, Face] = {}
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in FONT_SUFFIXES):
-        try:
-            font = TTFont(str(path), lazy=True)
-            cmap = font.getBestCmap() or {}
-            names = font["name"]
-            family = str(names.getDebugName(16) or names.getDebugName(1) or "")
-            style = str(names.getDebugName(17) or names.getDebugName(2) or "")
-            postscript = str(names.getDebugName(6) or path.name)
-        except (TTLibError, OSError, KeyError, AssertionError):
-            continue  # not a font FreeType would use either
-        covered = {cp for cp, glyph in cmap.items() if glyph != ".notdef"}
-        if not needed <= covered or any(SMALL_CAPS.search(t) for t in (family, style,
-                                                                      postscript)):
+    for path, info in zip(paths, read, strict=True):
+        if info is None or any(SMALL_CAPS.search(t) for t in info):
             continue
+        family, _, postscript = info
         faces.setdefault(postscript, Face(str(path), family, postscript))
     return sorted(faces.values(), key=lambda face: face.path)
 
@@ -122,24 +136,28 @@ class Glyphs(DatasetSource):
             raise DatasetError(f"{fonts}: no font covers the {len(CHARSET)} characters of "
                                "the glyphs set; install the font packages listed in "
                                "tools/debian-packages.txt (tools/setup.sh does)")
-        paths = [face.path for face in faces]
-        clean = render_faces(paths, CHARSET)
+        # One FreeType pass a face gives its plain renders, its jittered ones
+        # and which of its characters coincide.
+        renders = render_faces_both([face.path for face in faces], CHARSET, JITTER,
+                                    DATA_SEED, desc="glyphs faces")
         # Faces that draw nothing or .notdef for a character they map, and faces
         # whose renders repeat an earlier face's (one design under two names).
         kept, seen = [], set()
-        for index, images in enumerate(clean):
-            if images is None:
+        for index, face_renders in enumerate(renders):
+            if face_renders is None:
                 continue
-            digest = hashlib.sha256(b"".join(image.tobytes() for image in images)).digest()
+            digest = hashlib.sha256(b"".join(image.tobytes()
+                                             for image in face_renders.plain)).digest()
             if digest not in seen:
                 seen.add(digest)
                 kept.append(index)
         faces = [faces[i] for i in kept]
-        found = coincidences(np.stack([np.stack(clean[i]) for i in kept]))
+        jittered = [renders[i].jittered for i in kept]
+        found = np.stack([renders[i].found for i in kept])
+        del renders
         merged = merged_classes(found, CHARSET)
         classes = "".join(c for c in CHARSET if c not in merged)
         index = {c: i for i, c in enumerate(CHARSET)}
-        jittered = render_faces([face.path for face in faces], CHARSET, JITTER, DATA_SEED)
         train_chars, test_chars = split_classes(classes)
         splits: dict[str, list[Item]] = {"train": [], "test": []}
         for split, chars in (("train", train_chars), ("test", test_chars)):

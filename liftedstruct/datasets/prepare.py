@@ -137,6 +137,7 @@ class Preparer:
                                "it (or give another --out) and run the same command again")
         self.manifest.setdefault("outputs", {})
         self._fingerprints: dict[str, str] = {}
+        self.pb2 = caffe_pb2()
 
     def key(self, split: str, what: str) -> str:
         """Everything an output depends on: the source's lists, every image of
@@ -223,7 +224,7 @@ class Preparer:
         return max(4 * estimate, 1 << 30)  # map_size: the file stays sparse
 
     def _datum(self, payload: bytes, label: int) -> bytes:
-        return make_datum(payload, label, self.fmt.size, self.fmt.encoding != "raw")
+        return make_datum(payload, label, self.fmt.size, self.fmt.encoding != "raw", self.pb2)
 
     def _write_index(self, name: str, items: list[Item], labels: np.ndarray) -> None:
         atomic_write_text(self.out / name, "key\tlabel\tpath\n" + "".join(

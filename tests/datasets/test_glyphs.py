@@ -12,9 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.spatial.distance import cdist
 
 from liftedstruct.datasets import get_source
-from liftedstruct.datasets.glyph_render import Jitter, coincidences, render_faces
+from liftedstruct.datasets.glyph_render import (
+    GLOBAL_THRESHOLD,
+    Jitter,
+    coincidences,
+    globally_close,
+    render_faces,
+    render_faces_both,
+)
 from liftedstruct.datasets.glyphs import (
     CHARSET,
     FONT_ROOT,
@@ -79,6 +87,62 @@ def test_look_alikes_coincide():
     found = coincidences(images)
     assert found[:, 0, 1].mean() >= 0.5
     assert found[:, 2, 3].mean() < 0.5
+
+
+def test_one_pass_renders_are_the_separate_renders_on_any_processes(fonts):
+    """render_faces_both: render_faces' plain and jittered images and the
+    plain ones' coincidences, in the faces' order, on one process or two."""
+    paths = sorted(str(path) for path in fonts.iterdir())
+    plain = render_faces(paths, CHARSET, workers=1)
+    jittered = render_faces(paths, CHARSET, Jitter(), seed=3, workers=1)
+    assert all(images is not None for images in plain)
+    found = coincidences(np.stack([np.stack(images) for images in plain]))
+    for workers in (1, 2):
+        both = render_faces_both(paths, CHARSET, Jitter(), seed=3, workers=workers)
+        assert len(both) == len(paths)
+        for face, renders in enumerate(both):
+            assert renders is not None
+            np.testing.assert_array_equal(np.stack(renders.plain), np.stack(plain[face]))
+            np.testing.assert_array_equal(np.stack(renders.jittered),
+                                          np.stack(jittered[face]))
+            np.testing.assert_array_equal(renders.found, found[face])
+
+
+def test_close_pairs_are_those_of_every_pairs_full_l1(fonts):
+    """The block-sum bound only saves work: the same pairs as the full L1 of
+    every pair of characters (look-alikes such as I, l, 1 among them)."""
+    paths = sorted(str(path) for path in fonts.iterdir())
+    close_in_all = 0
+    for images in render_faces(paths, CHARSET, workers=1):
+        images = np.stack(images)
+        ink = 255.0 - images.reshape(len(CHARSET), -1).astype(np.float64)
+        mass = ink.sum(axis=1)
+        relative = cdist(ink, ink, "cityblock") / (mass[:, None] + mass[None, :])
+        expected = [(int(i), int(j)) for i, j in
+                    np.argwhere(np.triu(relative < GLOBAL_THRESHOLD, k=1))]
+        assert globally_close(images) == expected
+        close_in_all += len(expected)
+    assert close_in_all >= len(paths)  # Gamma and Ghe at least
+
+
+def test_discovery_on_several_processes_is_the_serial_one(fonts, tmp_path):
+    """The same faces in the same order on one process or two, an unreadable
+    file and a face that does not cover the set left out on both."""
+    folder = tmp_path / "fonts"
+    shutil.copytree(fonts, folder)
+    (folder / "broken.ttf").write_bytes(b"not a font")
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+
+    font = TTFont(str(folder / "DejaVuSans.ttf"))
+    subsetter = subset.Subsetter()
+    subsetter.populate(text="AB")
+    subsetter.subset(font)
+    font.save(str(folder / "AB.ttf"))
+    serial = discover_faces(folder, workers=1)
+    assert [Path(face.path).name for face in serial] == sorted(Path(name).name
+                                                               for name in FONTS)
+    assert discover_faces(folder, workers=2) == serial
 
 
 def test_split_is_class_disjoint_and_fixed():
