@@ -3,16 +3,15 @@ Datum and what comes out of one."""
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from liftedstruct.constants import IMAGE_SIZE
+from liftedstruct.parallel import ordered_map
 
 if TYPE_CHECKING:
     from liftedstruct.datasets.base import Item
@@ -61,11 +60,8 @@ def process_images(items: list[Item], fmt: ImageFormat, workers: int,
                    desc: str) -> list[tuple[bytes | None, str | None]]:
     """process_image over items in parallel processes, in order."""
     jobs = [(item, fmt) for item in items]
-    if workers <= 1 or len(items) < 64:
-        return [_process_job(job) for job in tqdm(jobs, desc=desc, unit="img")]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_process_job, jobs, chunksize=32), total=len(jobs),
-                         desc=desc, unit="img"))
+    workers = workers if len(items) >= 64 and workers > 1 else 1
+    return ordered_map(_process_job, jobs, workers, desc=desc, unit="img", chunksize=32)
 
 
 def synthetic_photo(rng: np.random.Generator, width: int, height: int,
