@@ -52,18 +52,23 @@ int BatchedConvolution<Dtype>::Chunk(const ConvGeometry& g, int num) {
   return static_cast<int>(std::max(1L, std::min<long>(chunk, num)));  // NOLINT
 }
 
-// A chunk's buffers in the thread's workspace: the columns (kernel rows x
-// images x spatial), the outputs or output gradients in the same layout
-// (channels x images x spatial), and a row of ones for the bias gradient.
+// Chunk k of a batch of num images in chunks of size (Chunk()): its first
+// image, its images and columns, and its buffers in the thread's workspace:
+// the columns (kernel rows x images x spatial), the outputs or output
+// gradients in the same layout (channels x images x spatial), and a row of
+// ones for the bias gradient.
 template <typename Dtype>
-struct Buffers {
-  Buffers(const ConvGeometry& g, int images) {
-    const size_t columns = static_cast<size_t>(images) * g.out_spatial();
+struct ChunkOf {
+  ChunkOf(const ConvGeometry& g, int num, int size, int k)
+      : first(k * size), images(std::min(size, num - first)),
+        cols(images * g.out_spatial()) {
+    const size_t columns = static_cast<size_t>(cols);
     const size_t col_count = columns * g.kernel_dim() * g.groups;
     col = Workspace<Dtype, 0>(col_count + columns * g.out_channels + columns);
     out = col + col_count;
     ones = out + columns * g.out_channels;
   }
+  int first, images, cols;
   Dtype* col;
   Dtype* out;
   Dtype* ones;
@@ -75,13 +80,12 @@ void BatchedConvolution<Dtype>::Forward(const ConvGeometry& g, int num,
     Dtype* top) {
   const int kernel_dim = g.kernel_dim(), spatial = g.out_spatial();
   const int group_out = g.out_channels / g.groups;
-  const int chunk = Chunk(g, num), chunks = (num + chunk - 1) / chunk;
+  const int size = Chunk(g, num), chunks = (num + size - 1) / size;
   ParallelChunks(chunks, [&](int k) {
-    const int first = k * chunk, images = std::min(chunk, num - first);
-    const int cols = images * spatial;
-    const Buffers<Dtype> buffers(g, images);
-    Dtype* col = buffers.col;
-    Dtype* out = buffers.out;
+    const ChunkOf<Dtype> chunk(g, num, size, k);
+    const int first = chunk.first, images = chunk.images, cols = chunk.cols;
+    Dtype* col = chunk.col;
+    Dtype* out = chunk.out;
     im2col_batch_cpu(g, images, bottom + first * g.in_dim(), col);
     for (int group = 0; group < g.groups; ++group) {
       caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasNoTrans, group_out, cols,
@@ -110,7 +114,7 @@ void BatchedConvolution<Dtype>::Backward(const ConvGeometry& g, int num,
     Dtype* weight_diff, Dtype* bias_diff, Dtype* bottom_diff) {
   const int kernel_dim = g.kernel_dim(), spatial = g.out_spatial();
   const int group_out = g.out_channels / g.groups;
-  const int chunk = Chunk(g, num), chunks = (num + chunk - 1) / chunk;
+  const int size = Chunk(g, num), chunks = (num + size - 1) / size;
   // Each chunk's weight and bias gradients go to a buffer of their own and
   // are added in the chunks' order: the same sums whichever threads ran
   // them. A single chunk adds to the gradients directly.
@@ -119,11 +123,10 @@ void BatchedConvolution<Dtype>::Backward(const ConvGeometry& g, int num,
   Dtype* parts = chunks > 1 && (weight_diff || bias_diff) ?
       Workspace<Dtype, 1>(static_cast<size_t>(chunks) * part) : NULL;
   ParallelChunks(chunks, [&](int k) {
-    const int first = k * chunk, images = std::min(chunk, num - first);
-    const int cols = images * spatial;
-    const Buffers<Dtype> buffers(g, images);
-    Dtype* col = buffers.col;
-    Dtype* dy = buffers.out;
+    const ChunkOf<Dtype> chunk(g, num, size, k);
+    const int first = chunk.first, images = chunk.images, cols = chunk.cols;
+    Dtype* col = chunk.col;
+    Dtype* dy = chunk.out;
     Dtype* w_grad = parts ? parts + k * part : weight_diff;
     Dtype* b_grad = parts ? parts + k * part + weight_count : bias_diff;
     const Dtype beta = parts ? Dtype(0) : Dtype(1);
@@ -134,9 +137,9 @@ void BatchedConvolution<Dtype>::Backward(const ConvGeometry& g, int num,
       }
     }
     if (bias_diff) {
-      caffe_set(cols, Dtype(1), buffers.ones);
+      caffe_set(cols, Dtype(1), chunk.ones);
       caffe_cpu_gemv<Dtype>(CblasNoTrans, g.out_channels, cols, Dtype(1), dy,
-          buffers.ones, beta, b_grad);
+          chunk.ones, beta, b_grad);
     }
     if (weight_diff) {
       im2col_batch_cpu(g, images, bottom + first * g.in_dim(), col);
